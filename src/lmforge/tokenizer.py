@@ -1,0 +1,126 @@
+"""Loading a trained lmforge tokenizer, with its sha256 checked.
+
+A tokenizer directory holds `spm.model` and `tokenizer_config.json`, whose
+`sha256_hash` is the sha256 of the `spm.model` bytes: the identity that every later
+artifact records as `tokenizer_sha256`. Loading fails if the two disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import read_json, sha256_file
+from .errors import ArtifactError, LineageError
+
+MODEL_FILE = "spm.model"
+VOCAB_FILE = "spm.vocab"
+CONFIG_FILE = "tokenizer_config.json"
+
+# Fixed ids: the same in every lmforge tokenizer, so ChatML and padding never move.
+SPECIAL_TOKENS = {
+    "unk": ("<unk>", 0),
+    "bos": ("<s>", 1),
+    "eos": ("</s>", 2),
+    "pad": ("<pad>", 3),
+    "im_start": ("<|im_start|>", 4),
+    "im_end": ("<|im_end|>", 5),
+}
+
+
+def spm_special_token_args() -> dict:
+    """SentencePiece trainer arguments that place the special tokens above."""
+    return {
+        "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3,
+        "unk_piece": "<unk>", "bos_piece": "<s>", "eos_piece": "</s>", "pad_piece": "<pad>",
+        "user_defined_symbols": ["<|im_start|>", "<|im_end|>"],
+    }
+
+
+def tokenizer_sha256(tokenizer_dir: str | os.PathLike) -> str:
+    """sha256 of `spm.model` in a tokenizer directory."""
+    path = Path(tokenizer_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{tokenizer_dir} has no {MODEL_FILE}: not a tokenizer directory (run `lmforge tokenizer`)")
+    return sha256_file(path)
+
+
+@dataclass
+class Tokenizer:
+    """A SentencePiece model plus lmforge's special-token ids and identity."""
+
+    path: Path
+    sha256: str
+    config: dict
+    sp: object  # sentencepiece.SentencePieceProcessor
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.sp.get_piece_size())
+
+    def token_id(self, name: str) -> int:
+        return SPECIAL_TOKENS[name][1]
+
+    @property
+    def bos_id(self) -> int:
+        return self.token_id("bos")
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id("eos")
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_id("pad")
+
+    @property
+    def im_start_id(self) -> int:
+        return self.token_id("im_start")
+
+    @property
+    def im_end_id(self) -> int:
+        return self.token_id("im_end")
+
+    def encode(self, text: str | list[str], num_threads: int = 1):
+        """Token ids of one text, or a list of id lists for a batch (no BOS/EOS added)."""
+        return self.sp.encode(text, num_threads=num_threads) if isinstance(text, list) else self.sp.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+
+def load_tokenizer(tokenizer_dir: str | os.PathLike) -> Tokenizer:
+    """Load `spm.model`, checking its bytes against `tokenizer_config.json`'s sha256_hash."""
+    import sentencepiece as spm
+
+    root = Path(tokenizer_dir)
+    digest = tokenizer_sha256(root)
+    config = read_json(root / CONFIG_FILE, "tokenizer config")
+    recorded = config.get("sha256_hash")
+    if recorded != digest:
+        raise LineageError(
+            f"{root / MODEL_FILE} has sha256 {digest} but {root / CONFIG_FILE} records {recorded}: "
+            "the model file was replaced or corrupted after training"
+        )
+    sp = spm.SentencePieceProcessor(model_file=str(root / MODEL_FILE))
+    for name, (piece, expected_id) in SPECIAL_TOKENS.items():
+        if sp.piece_to_id(piece) != expected_id:
+            raise ArtifactError(f"{root / MODEL_FILE}: special token {piece} has id {sp.piece_to_id(piece)}, lmforge expects {expected_id}")
+    return Tokenizer(path=root, sha256=digest, config=config, sp=sp)
+
+
+def copy_tokenizer_files(tokenizer_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> list[str]:
+    """Copy a tokenizer's files (not its manifest) into a model directory, so that
+    `AutoTokenizer.from_pretrained(model_dir)` works there. Returns the copied names."""
+    import shutil
+
+    from .artifacts import MANIFEST_NAME
+
+    src, dest = Path(tokenizer_dir), Path(dest_dir)
+    copied = []
+    for path in sorted(src.iterdir()):
+        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith("."):
+            shutil.copy2(path, dest / path.name)
+            copied.append(path.name)
+    return copied
