@@ -209,3 +209,10 @@ def _stream_text(path: str, skips: Counter) -> Iterator[dict]:
 
 def _stream_parquet(path: str) -> Iterator[dict]:
     yield from _load_streaming("parquet", path)
+
+
+def stream_builtin(name: str) -> Iterator[dict]:
+    """Records {"id", "text"} of a built-in offline corpus (see lmforge.builtin_corpus)."""
+    from .builtin_corpus import stream_builtin as _stream_builtin
+
+    yield from _stream_builtin(name)

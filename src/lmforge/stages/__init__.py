@@ -1,0 +1,1 @@
+"""Pipeline stages, one module per CLI verb (see lmforge.cli.COMMANDS)."""

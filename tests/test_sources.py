@@ -1,0 +1,85 @@
+"""lmforge.sources: local files of every kind, the hub mirror's resolution order, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import pytest
+
+from lmforge.errors import DataError
+from lmforge.sources import mirror_files, stream_builtin, stream_files, stream_hub
+
+
+def _jsonl(path, records, gz=False):
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def test_local_files_of_each_kind_and_globs(tmp_path):
+    _jsonl(tmp_path / "a.jsonl", [{"text": "alpha"}])
+    _jsonl(tmp_path / "b.jsonl.gz", [{"text": "beta"}], gz=True)
+    _jsonl(tmp_path / "c.json", [{"text": "gamma"}])
+    (tmp_path / "d.txt").write_text("first paragraph\nstill first\n\n\nsecond paragraph\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["epsilon", "zeta"], "n": [1, 2]}), tmp_path / "e.parquet")
+    texts = [r["text"] for r in stream_files(["*.json*", "d.txt", "e.parquet"], base_dir=tmp_path)]
+    assert texts == ["alpha", "beta", "gamma", "first paragraph\nstill first", "second paragraph", "epsilon", "zeta"]
+
+
+def test_bad_lines_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "good one"}\n{not json\n"a string"\n\xff\xfe{"text": "x"}\n\n{"text": "good two"}\n')
+    skips: Counter = Counter()
+    assert [r["text"] for r in stream_files(str(path), skips=skips)] == ["good one", "good two"]
+    assert skips == Counter(malformed_json=1, not_an_object=1, invalid_utf8=1)
+
+
+def test_missing_local_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no file matches"):
+        list(stream_files(str(tmp_path / "nothing*.jsonl")))
+
+
+@pytest.mark.parametrize("present, expected", [
+    (["en/train", "en", "train", ""], "en/train"),
+    (["en", "train", ""], "en"),
+    (["train", ""], "train"),
+    ([""], ""),
+])
+def test_mirror_resolution_order(tmp_path, present, expected):
+    base = tmp_path / "org" / "name"
+    for rel in present:  # each candidate directory holds a file naming itself
+        (base / rel).mkdir(parents=True, exist_ok=True)
+        _jsonl(base / rel / "data.jsonl", [{"text": rel or "root"}])
+    assert mirror_files(tmp_path, "org/name", "en", "train") == [str(base / expected / "data.jsonl")]
+    assert [r["text"] for r in stream_hub("org/name", "en", "train", mirror=tmp_path)] == [expected or "root"]
+
+
+def test_mirror_without_config_uses_split_dir(tmp_path):
+    (tmp_path / "manu/project_gutenberg/en").mkdir(parents=True)
+    _jsonl(tmp_path / "manu/project_gutenberg/en/books.jsonl", [{"id": "1", "text": "A book."}])
+    assert [r["text"] for r in stream_hub("manu/project_gutenberg", None, "en", mirror=tmp_path)] == ["A book."]
+
+
+def test_dataset_missing_from_mirror_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_MIRROR", str(tmp_path))
+    with pytest.raises(DataError, match=r"allenai/c4 \(config en, split train\) is not in the mirror"):
+        list(stream_hub("allenai/c4", "en", "train"))
+
+
+def test_mirror_refuses_ids_that_escape_it(tmp_path):
+    with pytest.raises(DataError, match="invalid"):
+        mirror_files(tmp_path, "../etc", None, "train")
+    with pytest.raises(DataError, match="invalid config"):
+        mirror_files(tmp_path, "org/name", "../../x", "train")
+
+
+def test_builtin_source_hook():
+    first = next(stream_builtin("python_stdlib"))
+    assert first["id"].startswith("docstrings:") and len(first["text"]) > 40
+    with pytest.raises(Exception, match="unknown built-in corpus"):
+        next(stream_builtin("nope"))
