@@ -57,18 +57,16 @@ def make_corpus_dir(out: Path, docs: list[str], shard_size: int = 50, source: st
 
 
 def make_tokenizer_dir(out: Path, texts: list[str], vocab_size: int = 400) -> Path:
-    """A tokenizer artifact as `lmforge tokenizer` writes it (spm.model, config with sha256, manifest)."""
-    import sentencepiece as spm
+    """A tokenizer artifact made by the real `lmforge tokenizer` stage (spm.model, HF files, card, manifest).
 
-    out.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(out / "spm"), vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0, num_threads=1,
-        minloglevel=2, **spm_special_token_args())
-    digest = sha256_file(out / MODEL_FILE)
-    atomic_write_json(out / CONFIG_FILE, {"sha256_hash": digest, "vocab_size": vocab_size, "model_type": "bpe"})
-    write_manifest(out, "tokenizer", config={"fixture": True}, outputs=[MODEL_FILE, "spm.vocab", CONFIG_FILE],
-                   tokenizer_sha256=digest)
+    The texts first become a corpus artifact beside `out` (`<out>_corpus`), which the
+    stage verifies and trains on, exactly as in the pipeline.
+    """
+    from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
+
+    corpus = make_corpus_dir(out.with_name(out.name + "_corpus"), texts)
+    cfg = TokenizerConfig(corpus_dir=str(corpus), vocab_size=vocab_size, num_threads=1, held_out_fraction=0.05)
+    train_tokenizer(cfg, out)
     return out
 
 
@@ -94,3 +92,67 @@ def mirror() -> Path:
     if found is None:
         pytest.skip("real-data tier: no hub mirror (set LMFORGE_MIRROR or provide ../shared/mirror)")
     return found
+
+
+# ---------------------------------------------------------------- SFT fixtures (issue 7)
+
+def make_base_model_dir(out: Path, tokenizer_dir: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A tiny Llama base model as `lmforge pretrain` exports final/: HF weights, tokenizer files, manifest."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=512, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                         pad_token_id=tok.pad_id, tie_word_embeddings=True)
+    out.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    copied = copy_tokenizer_files(tokenizer_dir, out)
+    outputs = ["config.json", "model.safetensors", *copied]
+    write_manifest(out, "pretrain", config={"fixture": True}, outputs=[o for o in outputs if (out / o).is_file()],
+                   tokenizer_sha256=tok.sha256)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_base_model_dir(tmp_path_factory.mktemp("base_model"), tiny_tokenizer)
+
+
+# ---------------------------------------------------------------- pretraining fixtures (issue 5)
+
+def make_packed_dir(out: Path, tokenizer_dir: Path, texts: list[str], seq_length: int = 32,
+                    val_every: int = 10) -> Path:
+    """A packed artifact as `lmforge pack` writes it: documents as <s> ids </s>, cut into rows of
+    seq_length tokens; every `val_every`-th row goes to val. Manifest stage "pack"."""
+    import numpy as np
+
+    from lmforge.indexed import IndexedWriter
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    stream: list[int] = []
+    for ids in tok.encode(list(texts)):
+        stream += [tok.bos_id, *ids, tok.eos_id]
+    rows = [stream[i:i + seq_length] for i in range(0, len(stream) - seq_length + 1, seq_length)]
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {"train": 0, "val": 0}
+    with IndexedWriter(out / "train", np.uint16) as train, IndexedWriter(out / "val", np.uint16) as val:
+        for i, row in enumerate(rows):
+            split = "val" if i % val_every == val_every - 1 else "train"
+            (val if split == "val" else train).add_sequence(row)
+            counts[split] += 1
+    figures = {"seq_length": seq_length, "dtype": "uint16", "total_tokens": len(rows) * seq_length,
+               "sequences": counts, "vocab_size": tok.vocab_size}
+    write_manifest(out, "pack", config={"fixture": True}, outputs=["train.bin", "train.idx", "val.bin", "val.idx"],
+                   figures=figures, tokenizer_sha256=tok.sha256)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_packed(tmp_path_factory, tiny_tokenizer, tiny_texts) -> Path:
+    return make_packed_dir(tmp_path_factory.mktemp("packed"), tiny_tokenizer, tiny_texts)

@@ -13,12 +13,25 @@ T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (test capture, redirection),
+    not to the stream that happened to be current when logging was set up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """Configure the root 'lmforge' logger once, to stderr, with a compact format."""
+    """Configure the 'lmforge' logger once, to stderr, with a compact format."""
     logger = logging.getLogger("lmforge")
     logger.setLevel(getattr(logging, level.upper(), logging.INFO))
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.propagate = False

@@ -124,3 +124,13 @@ def copy_tokenizer_files(tokenizer_dir: str | os.PathLike, dest_dir: str | os.Pa
             shutil.copy2(path, dest / path.name)
             copied.append(path.name)
     return copied
+
+
+def hf_tokenizer(tokenizer_dir: str | os.PathLike):
+    """The directory's Hugging Face tokenizer (`AutoTokenizer.from_pretrained`), with the
+    same sha256 check as `load_tokenizer`. It encodes exactly like `spm.model` and adds
+    no BOS/EOS on encode (see lmforge.tokenizer_hf)."""
+    from .tokenizer_hf import load_hf_tokenizer
+
+    load_tokenizer(tokenizer_dir)  # refuses a model whose bytes disagree with tokenizer_config.json
+    return load_hf_tokenizer(tokenizer_dir)
