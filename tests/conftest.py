@@ -10,6 +10,7 @@ import gzip
 import importlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ def stdlib_texts(limit: int | None = None) -> list[str]:
     texts: list[str] = []
     for name in STDLIB_MODULES:
         module = importlib.import_module(name)
-        for obj in [module, *(getattr(module, a) for a in sorted(dir(module)) if not a.startswith("_"))]:
+        with warnings.catch_warnings():  # typing.io / typing.re warn on access
+            warnings.simplefilter("ignore", DeprecationWarning)
+            members = [getattr(module, a) for a in sorted(dir(module)) if not a.startswith("_")]
+        for obj in [module, *members]:
             doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str) and len(doc) >= 200 and doc not in texts:
                 texts.append(doc.strip())

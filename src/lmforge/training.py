@@ -1,0 +1,590 @@
+"""The training loop shared by pretraining and SFT, on top of accelerate.
+
+One function, `run_training`, owns everything that happens between "a model and a
+stream of batches" and "a trained model plus checkpoints":
+
+- AdamW (fused on CUDA) with weight-decay groups: matrices (linear weights and the
+  embedding, which doubles as the tied output projection) decay; norms and biases
+  do not. Only parameters with `requires_grad` are optimised, so a PEFT LoRA model
+  trains its adapters alone.
+- A learning-rate schedule that is a pure function of the step (warmup, then
+  cosine / linear / constant down to `min_lr_ratio`), so resuming needs no
+  scheduler magic.
+- Gradient accumulation with the loss normalised by the number of label tokens of
+  the whole optimizer step across every micro-batch and every rank. Packed
+  pretraining rows all have the same count, SFT rows do not; this normalisation
+  makes one process with accumulation A and A processes without accumulation give
+  the same update.
+- Mixed precision via accelerate (`accelerate launch --mixed_precision bf16`, or
+  `TrainingConfig.mixed_precision`), gradient clipping, optional `torch.compile`.
+- Logging: one line per `log_every` steps (step, loss, lr, tok/s, MFU, ETA),
+  `metrics.jsonl` in the run directory, TensorBoard when installed.
+- Periodic evaluation (mean loss and perplexity over a fixed set of batches).
+- Checkpoints every `save_every` steps through `lmforge.checkpoint` (atomic,
+  keep-last-K), and exact resume: model, optimizer, scheduler, data position, RNG.
+- Failure handling: a non-finite loss or gradient stops the run before the
+  optimizer applies it (the last good checkpoint stays intact) and raises
+  `TrainingDiverged`; CUDA out-of-memory raises `OutOfMemory` with advice.
+
+Using it (pretraining does exactly this, SFT does the same with a LoRA model)::
+
+    accelerator = make_accelerator(cfg)
+    result = run_training(model, batches, eval_batches, cfg, run_dir,
+                          accelerator=accelerator, meta=CheckpointMeta(...),
+                          resume_from=None)
+
+`batches` is any `BatchSource`: an iterator of micro-batches for *this rank* with
+`state_dict()` / `load_state_dict()` so a resumed run reads exactly the data it
+would have read. `lmforge.data_loader.PackedBatches` is the pretraining one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+from .config import spec
+from .errors import LmforgeError
+from .log import get_logger
+
+log = get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------- public types
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, schedule, evaluation and checkpoint settings (the `training` block of a config)."""
+
+    max_steps: int = spec(1000, min=1, help="optimizer steps in the whole schedule")
+    per_device_batch_size: int = spec(8, min=1, help="sequences per micro-batch on each device")
+    gradient_accumulation_steps: int = spec(1, min=1, help="micro-batches per optimizer step")
+    learning_rate: float = spec(3e-4, min=0.0, help="peak learning rate")
+    lr_scheduler: str = spec("cosine", choices=("cosine", "linear", "constant"))
+    warmup_steps: int = spec(0, min=0, help="linear warmup from 0 to the peak")
+    min_lr_ratio: float = spec(0.1, min=0.0, max=1.0, help="final lr as a fraction of the peak (cosine/linear)")
+    weight_decay: float = spec(0.1, min=0.0, help="AdamW decay on matrices; none on norms and biases")
+    adam_beta1: float = spec(0.9, min=0.0, max=1.0)
+    adam_beta2: float = spec(0.95, min=0.0, max=1.0)
+    adam_eps: float = spec(1e-8, min=0.0)
+    max_grad_norm: float = spec(1.0, min=0.0, help="clip the global gradient norm; 0 disables")
+    eval_every: int = spec(0, min=0, help="evaluate every N steps (0: only at the end)")
+    eval_batches: int = spec(20, min=0, help="micro-batches in the fixed evaluation subset (per run, split across ranks)")
+    save_every: int = spec(0, min=0, help="checkpoint every N steps (0: only final)")
+    keep_last: int = spec(0, min=0, help="keep only the newest K step_N checkpoints (0: keep all)")
+    log_every: int = spec(10, min=1, help="log a progress line every N steps")
+    seed: int = spec(42, help="seeds model init, data order and dropout")
+    compile: bool = spec(False, help="torch.compile the model (CUDA; slow to start)")
+    mixed_precision: str | None = spec(None, choices=(None, "no", "bf16", "fp16"),
+                                       help="null: as `accelerate launch` says (default no)")
+    tensorboard: bool = spec(True, help="also write TensorBoard events when tensorboard is installed")
+    peak_tflops: float | None = spec(None, min=0.0, help="device peak for MFU; null: known GPUs, else MFU not shown")
+    stop_after_steps: int | None = spec(None, min=1, help="stop (with a checkpoint) after this step without "
+                                        "changing the schedule; for time-sliced jobs. Not part of the run identity")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
+            problems.append(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
+        return problems
+
+    def sequences_per_step(self, world_size: int) -> int:
+        """Sequences in one optimizer step over all devices (the global batch)."""
+        return self.per_device_batch_size * self.gradient_accumulation_steps * world_size
+
+
+class BatchSource(Protocol):
+    """Micro-batches for this rank, resumable.
+
+    `next(source)` returns a dict with `input_ids` (LongTensor [B, T]) and `labels`
+    (same shape, IGNORE_INDEX where no loss is taken; the model shifts, so
+    `labels = input_ids` for plain language modelling) and optionally
+    `attention_mask`. The loop draws exactly `gradient_accumulation_steps`
+    micro-batches per optimizer step, and calls `state_dict()` only between steps.
+    Every rank must see the same number of micro-batches per step.
+    """
+
+    def __iter__(self) -> "BatchSource": ...
+    def __next__(self) -> dict: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint records beside the weights, and how the model is exported.
+
+    stage: manifest stage of step_N/ and final/ ("pretrain", "sft").
+    config: the resolved stage config (JSON data), stored in meta and manifests.
+    tokenizer_dir / tokenizer_sha256: tokenizer files are copied into each model dir.
+    inputs: role -> artifact dir, recorded in manifests.
+    extra_figures: added to the final manifest's figures (e.g. parameter counts).
+    export_final: optional hook(unwrapped_model, out_dir) replacing
+        `save_pretrained` for final/ only (SFT uses it to merge LoRA weights).
+    """
+
+    stage: str
+    config: dict
+    tokenizer_dir: str | None = None
+    tokenizer_sha256: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    extra_figures: dict[str, Any] = field(default_factory=dict)
+    export_final: Callable[[Any, Path], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a run did. `history` holds one dict per optimizer step run in this process."""
+
+    steps: int
+    tokens_seen: int
+    final_loss: float | None
+    final_eval: dict | None
+    elapsed_s: float
+    final_dir: Path | None
+    checkpoints: list[Path]
+    history: list[dict]
+    stopped_early: bool = False
+
+
+class TrainingDiverged(LmforgeError):
+    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class OutOfMemory(LmforgeError):
+    """The device ran out of memory; the message says what to change."""
+
+
+# ---------------------------------------------------------------- accelerator & schedule
+
+def make_accelerator(cfg: TrainingConfig):
+    """An `Accelerator` for `cfg`: mixed precision from the config or from `accelerate launch`.
+
+    Accumulation is handled by the loop itself (not accelerate's), because the
+    loop normalises the loss over the whole step.
+    """
+    from accelerate import Accelerator
+
+    kwargs = {} if cfg.mixed_precision is None else {"mixed_precision": cfg.mixed_precision}
+    return Accelerator(**kwargs)
+
+
+def lr_at(step: int, cfg: TrainingConfig) -> float:
+    """Learning rate used for optimizer step `step` (0-based)."""
+    peak = cfg.learning_rate
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_scheduler == "constant":
+        return peak
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress_ = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = peak * cfg.min_lr_ratio
+    if cfg.lr_scheduler == "linear":
+        return floor + (peak - floor) * (1.0 - progress_)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: matrices decay, vectors (norms, biases) do not."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, cfg: TrainingConfig, device_type: str):
+    import torch
+
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             fused=(device_type == "cuda"))
+
+
+def causal_lm_loss_sum(logits, labels):
+    """Summed next-token cross-entropy (labels shifted here, IGNORE_INDEX skipped), in fp32."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def count_label_tokens(labels) -> int:
+    """Tokens that carry loss in a micro-batch (after the one-position shift)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+# Dense bf16 peaks (TFLOP/s) for MFU; others can set training.peak_tflops.
+KNOWN_PEAKS_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.2,
+                      "A10G": 125.0, "L4": 121.0, "3090": 71.0}
+
+
+def device_peak_tflops(cfg: TrainingConfig, device) -> float | None:
+    """The peak used in MFU: the config's, else a known CUDA card's, else None (CPU)."""
+    if cfg.peak_tflops:
+        return cfg.peak_tflops
+    if getattr(device, "type", "") != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in KNOWN_PEAKS_TFLOPS.items() if k in name), None)
+
+
+# ---------------------------------------------------------------- the loop
+
+def run_training(
+    model,
+    batches: BatchSource,
+    eval_batches: Iterable[dict] | None,
+    cfg: TrainingConfig,
+    run_dir: str | Path,
+    *,
+    accelerator,
+    meta: CheckpointMeta,
+    resume_from: str | Path | None = None,
+    flops_per_token: float | None = None,
+) -> TrainResult:
+    """Train `model` for `cfg.max_steps` optimizer steps; write checkpoints and final/.
+
+    model: an unwrapped torch module whose forward takes input_ids (and
+        attention_mask) and returns an object with `.logits`; a transformers
+        PreTrainedModel or a PEFT model. Only `requires_grad` parameters train.
+    batches: this rank's micro-batches (see BatchSource).
+    eval_batches: a re-iterable of this rank's evaluation micro-batches (a list
+        works), or None to skip evaluation.
+    run_dir: where step_N/, final/, metrics.jsonl and tensorboard/ go.
+    resume_from: a step_N/ directory to continue from exactly.
+    flops_per_token: training FLOPs per token (for MFU); None hides MFU.
+
+    Raises TrainingDiverged on NaN/inf and OutOfMemory on device OOM.
+    """
+    trainer = Trainer(model, batches, eval_batches, cfg, Path(run_dir), accelerator, meta, flops_per_token)
+    if resume_from is not None:
+        trainer.resume(Path(resume_from))
+    return trainer.fit()
+
+
+def evaluate(model, eval_batches: Iterable[dict], accelerator) -> dict:
+    """Token-weighted mean loss and perplexity over `eval_batches`, reduced over ranks."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad():
+        for batch in eval_batches:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+            total[0] += causal_lm_loss_sum(logits, batch["labels"]).double()
+            total[1] += count_label_tokens(batch["labels"])
+    total = accelerator.reduce(total, reduction="sum")
+    model.train(was_training)
+    if total[1] == 0:
+        return {}
+    loss = float(total[0] / total[1])
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(total[1])}
+
+
+# ---------------------------------------------------------------- implementation
+
+class Trainer:
+    """The state of one training run; `run_training` is its public face."""
+
+    def __init__(self, model, batches, eval_batches, cfg: TrainingConfig, run_dir: Path, accelerator,
+                 meta: CheckpointMeta, flops_per_token: float | None):
+        self.acc = accelerator
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.meta = meta
+        self.batches = batches
+        self.eval_batches = eval_batches
+        self.flops_per_token = flops_per_token
+        if cfg.compile:
+            model.compile()  # in place: parameter names (and so checkpoints) stay unchanged
+        optimizer = make_optimizer(model, cfg, accelerator.device.type)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.peak_tflops = device_peak_tflops(cfg, accelerator.device)
+        self.step = 0
+        self.tokens_seen = 0
+        self.history: list[dict] = []
+        self.checkpoints: list[Path] = []
+        self.last_eval: dict | None = None
+        self._tb = None
+        if self.acc.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    def _main(self) -> bool:
+        return self.acc.is_main_process
+
+    def _reduce_sum(self, values: list[float]):
+        import torch
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
+        return self.acc.reduce(t, reduction="sum") if self.acc.num_processes > 1 else t
+
+    # ------------------------------------------------------------ one optimizer step
+
+    def _train_step(self) -> dict:
+        import torch
+
+        cfg, acc = self.cfg, self.acc
+        micro = [next(self.batches) for _ in range(cfg.gradient_accumulation_steps)]
+        counts = self._reduce_sum([sum(count_label_tokens(b["labels"]) for b in micro),
+                                   sum(b["input_ids"].numel() for b in micro)])
+        label_tokens, input_tokens = int(counts[0]), int(counts[1])
+        # DDP averages gradients over ranks, so scale by world/N to get sum/N overall.
+        scale = acc.num_processes / max(1, label_tokens)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                loss = causal_lm_loss_sum(logits, batch["labels"])
+                acc.backward(loss * scale)
+            loss_sum += loss.detach().double()
+            del logits, loss
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(acc.clip_grad_norm_(self.trainable, max_norm))
+        loss_value = float(self._reduce_sum([float(loss_sum)])[0]) / max(1, label_tokens)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(loss_value, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.tokens_seen += input_tokens
+        return {"step": self.step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                "tokens": self.tokens_seen, "step_tokens": input_tokens}
+
+    def _diverged(self, loss: float, grad_norm: float) -> None:
+        last = self.checkpoints[-1] if self.checkpoints else None
+        from .checkpoint import latest_checkpoint
+
+        last = last or latest_checkpoint(self.run_dir)
+        where = f"the last good checkpoint is {last} (resume with --resume {last} and a lower learning rate)" \
+            if last else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm}. "
+            f"The update was not applied and nothing was saved; {where}. "
+            "Try a lower learning_rate, a longer warmup, or max_grad_norm 1.0.")
+
+    # ------------------------------------------------------------ logging
+
+    def _log_line(self, record: dict, window_s: float, window_tokens: int, elapsed: float, steps_here: int) -> None:
+        from .log import human_count
+
+        tok_s = window_tokens / window_s if window_s > 0 else 0.0
+        mfu = None
+        if self.flops_per_token and self.peak_tflops:
+            mfu = tok_s * self.flops_per_token / (self.peak_tflops * 1e12 * self.acc.num_processes)
+        left = self.cfg.max_steps - record["step"]
+        eta = elapsed / max(1, steps_here) * left
+        record.update(tok_s=round(tok_s, 1), mfu=mfu, elapsed_s=round(elapsed, 2))
+        mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else "n/a"
+        if not self._main():
+            return
+        log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %s | ETA %s", record["step"], self.cfg.max_steps,
+                 record["loss"], record["lr"], human_count(tok_s), mfu_text, _duration(eta))
+        self._write_metrics(record)
+        self._tensorboard({"train/loss": record["loss"], "train/lr": record["lr"], "train/grad_norm": record["grad_norm"],
+                           "train/tok_s": tok_s}, record["step"])
+
+    def _write_metrics(self, record: dict) -> None:
+        if not self._main():
+            return
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _tensorboard(self, scalars: dict, step: int) -> None:
+        if not (self._main() and self.cfg.tensorboard):
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.cfg.tensorboard = False
+                return
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """A resumed run rewrites history after its checkpoint, so metrics.jsonl must forget it."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self._main() and path.is_file()):
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    # ------------------------------------------------------------ eval & checkpoints
+
+    def _evaluate(self) -> None:
+        if self.eval_batches is None or self.cfg.eval_batches == 0:
+            return
+        # The unwrapped module (it keeps accelerate's autocast): DDP's forward could
+        # start collectives that ranks with fewer eval batches would never join.
+        result = evaluate(self.unwrapped, self.eval_batches, self.acc)
+        if not result:
+            return
+        self.last_eval = {"step": self.step, **result}
+        if self._main():
+            log.info("eval step %d | val loss %.4f | val ppl %.2f", self.step, result["eval_loss"], result["eval_ppl"])
+        self._write_metrics({"step": self.step, **result})
+        self._tensorboard({"eval/loss": result["eval_loss"], "eval/ppl": result["eval_ppl"]}, self.step)
+
+    def _meta_json(self) -> dict:
+        from .config import to_dict
+
+        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
+                "data_state": self.batches.state_dict(), "config": self.meta.config, "training": to_dict(self.cfg),
+                "tokenizer_sha256": self.meta.tokenizer_sha256, "world_size": self.acc.num_processes,
+                "recent_loss": sum(losses) / len(losses) if losses else None, "last_eval": self.last_eval}
+
+    def _save(self) -> None:
+        from accelerate.utils import gather_object
+
+        from .checkpoint import capture_rng_state, rotate_checkpoints, save_checkpoint, step_dir
+
+        rng_states = gather_object([capture_rng_state()]) if self.acc.num_processes > 1 else [capture_rng_state()]
+        path = step_dir(self.run_dir, self.step)
+        if self._main():
+            save_checkpoint(path, model=self.unwrapped, optimizer=self.optimizer,
+                            scheduler_state={"step": self.step, "lr": lr_at(max(0, self.step - 1), self.cfg)},
+                            rng_states=rng_states, meta=self._meta_json(), stage=self.meta.stage,
+                            tokenizer_dir=self.meta.tokenizer_dir, tokenizer_sha256=self.meta.tokenizer_sha256,
+                            inputs=self.meta.inputs, figures={"step": self.step, "tokens_seen": self.tokens_seen})
+            for gone in rotate_checkpoints(self.run_dir, self.cfg.keep_last):
+                log.info("removed old checkpoint %s (keep_last=%d)", gone.name, self.cfg.keep_last)
+            log.info("checkpoint saved: %s", path)
+        self.checkpoints.append(path)
+        self.acc.wait_for_everyone()
+
+    def _export_final(self, figures: dict) -> Path:
+        from .artifacts import atomic_path, atomic_write_json, write_manifest
+        from .checkpoint import META_FILE, save_model
+        from .tokenizer import copy_tokenizer_files
+
+        final = self.run_dir / "final"
+        if self._main():
+            with atomic_path(final) as tmp:
+                tmp.mkdir(parents=True)
+                if self.meta.export_final is not None:
+                    self.meta.export_final(self.unwrapped, tmp)
+                else:
+                    save_model(self.unwrapped, tmp)
+                if self.meta.tokenizer_dir:
+                    copy_tokenizer_files(self.meta.tokenizer_dir, tmp)
+                atomic_write_json(tmp / META_FILE, self._meta_json())
+                outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
+                write_manifest(tmp, self.meta.stage, config=self.meta.config, outputs=outputs, inputs=self.meta.inputs,
+                               figures=figures, tokenizer_sha256=self.meta.tokenizer_sha256)
+            log.info("final model saved: %s", final)
+        self.acc.wait_for_everyone()
+        return final
+
+    # ------------------------------------------------------------ resume & fit
+
+    def resume(self, ckpt: Path) -> None:
+        from .checkpoint import load_checkpoint, restore_rng_state
+
+        state = load_checkpoint(ckpt, model=self.unwrapped, optimizer=self.optimizer, rank=self.acc.process_index)
+        meta = state["meta"]
+        self.step = int(meta["step"])
+        self.tokens_seen = int(meta["tokens_seen"])
+        self.last_eval = meta.get("last_eval")
+        self.batches.load_state_dict(meta["data_state"])
+        if state["rng"] is not None:
+            restore_rng_state(state["rng"])
+        self._truncate_metrics(self.step)
+        if self._main():
+            log.info("resumed from %s: step %d, %s tokens seen", ckpt, self.step, f"{self.tokens_seen:,}")
+
+    def fit(self) -> TrainResult:
+        import torch
+
+        cfg = self.cfg
+        stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+        self.model.train()
+        start = time.perf_counter()
+        window_start, window_tokens, steps_here = start, 0, 0
+        try:
+            while self.step < stop_at:
+                record = self._train_step()
+                self.step += 1
+                steps_here += 1
+                window_tokens += record["step_tokens"]
+                self.history.append(record)
+                if self.step % cfg.log_every == 0 or self.step == stop_at:
+                    now = time.perf_counter()
+                    self._log_line(record, now - window_start, window_tokens, now - start, steps_here)
+                    window_start, window_tokens = now, 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    self._evaluate()
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self._save()
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(_oom_advice(cfg, self.step + 1)) from None
+        elapsed = time.perf_counter() - start
+        final_dir = None
+        if self.step >= cfg.max_steps:
+            self._evaluate()
+            final_dir = self._export_final(self._figures(elapsed))
+        elif not self.checkpoints or self.checkpoints[-1].name != f"step_{self.step}":
+            self._save()  # stopped early on purpose: leave a checkpoint to resume from
+        if self._tb is not None:
+            self._tb.close()
+        return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
+                           final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
+                           checkpoints=list(self.checkpoints), history=self.history,
+                           stopped_early=self.step < cfg.max_steps)
+
+    def _recent_loss(self) -> float | None:
+        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        return sum(losses) / len(losses) if losses else None
+
+    def _figures(self, elapsed: float) -> dict:
+        figures = {"steps": self.step, "tokens_seen": self.tokens_seen, "final_loss": self._recent_loss(),
+                   "train_seconds_this_process": round(elapsed, 2), "world_size": self.acc.num_processes,
+                   **self.meta.extra_figures}
+        if self.last_eval:
+            figures.update(val_loss=self.last_eval["eval_loss"], val_perplexity=self.last_eval["eval_ppl"])
+        return figures
+
+
+def _oom_advice(cfg: TrainingConfig, step: int) -> str:
+    smaller = max(1, cfg.per_device_batch_size // 2)
+    more = cfg.gradient_accumulation_steps * cfg.per_device_batch_size // smaller
+    return (f"out of device memory at step {step} with per_device_batch_size={cfg.per_device_batch_size}. "
+            f"Use a smaller micro-batch and more accumulation to keep the same global batch, e.g. "
+            f"--set training.per_device_batch_size={smaller} --set training.gradient_accumulation_steps={more}; "
+            "and train in bf16 (accelerate launch --mixed_precision bf16).")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
