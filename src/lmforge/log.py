@@ -60,7 +60,18 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> Iterator[T]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux this reads VmHWM: ru_maxrss can carry a large parent's peak across
+    fork+exec, which would inflate the figure of a stage started by `lmforge run`.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / (1024 * 1024)
 
