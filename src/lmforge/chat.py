@@ -1,0 +1,177 @@
+"""Chat with a model in the terminal, in ChatML, with tokens streamed as they come.
+
+Type a message and press Enter. Commands: /reset (forget the conversation),
+/quit or /exit (or Ctrl-D). The conversation is kept as history and sent whole each
+turn; when it no longer fits the model's context, the oldest turns are dropped.
+
+Example:
+  lmforge chat --model_path checkpoints/sft/tiny/final --temperature 0.7 --top_p 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .artifacts import MANIFEST_NAME, check_tokenizer_lineage, read_json
+from .chatml import encode_prompt
+from .errors import ArtifactError
+from .log import get_logger
+
+log = get_logger(__name__)
+USER_PROMPT, ASSISTANT_PROMPT = "user> ", "assistant> "
+
+
+@dataclass
+class Sampling:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+
+@dataclass
+class Reply:
+    ids: list[int]          # generated ids, the stop token excluded
+    text: str               # decoded reply
+    stopped_on_im_end: bool  # True when generation ended on <|im_end|>
+
+
+class _TextStreamer:
+    """A `generate` streamer that decodes with our tokenizer and hands out new text."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None], stop_ids: set[int]):
+        self.tokenizer, self.on_text, self.stop_ids = tokenizer, on_text, stop_ids
+        self.ids: list[int] = []
+        self.shown = ""
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt itself
+            self.prompt_seen = True
+            return
+        self.ids += [int(t) for t in value.reshape(-1).tolist() if int(t) not in self.stop_ids]
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.on_text(text[len(self.shown):])
+            self.shown = text
+
+    def end(self) -> None:
+        # Show what a not-yet-stable decode held back (e.g. a partial multi-byte character).
+        text = self.tokenizer.decode(self.ids)
+        if text != self.shown and text.startswith(self.shown):
+            self.on_text(text[len(self.shown):])
+            self.shown = text
+
+
+def load_chat_model(model_path: str | Path, tokenizer_path: str | Path | None = None):
+    """(model, tokenizer) from a Hugging Face model dir holding lmforge tokenizer files."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_tokenizer
+
+    model_dir = Path(model_path)
+    if not (model_dir / "config.json").is_file():
+        raise ArtifactError(f"{model_dir} is not a model directory (no config.json)")
+    tokenizer = load_tokenizer(tokenizer_path or model_dir)
+    if (model_dir / MANIFEST_NAME).is_file():  # an lmforge model: its tokenizer must be this one
+        recorded = read_json(model_dir / MANIFEST_NAME, "model manifest").get("tokenizer_sha256")
+        check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {tokenizer.path}", recorded, f"model {model_dir}")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise ArtifactError(f"{model_dir}: model vocabulary ({model.config.vocab_size}) is smaller than "
+                            f"the tokenizer's ({tokenizer.vocab_size}): wrong tokenizer")
+    return model, tokenizer
+
+
+def generate_reply(model, tokenizer, messages: Sequence[dict], sampling: Sampling,
+                   on_text: Callable[[str], None] | None = None) -> Reply:
+    """Generate the assistant's next message; stop on <|im_end|> (or </s>)."""
+    import torch
+
+    prompt = encode_prompt(tokenizer, messages)
+    stop_ids = [tokenizer.im_end_id, tokenizer.eos_id]
+    streamer = _TextStreamer(tokenizer, on_text, set(stop_ids)) if on_text else None
+    greedy = sampling.temperature <= 0
+    extra = {} if greedy else {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=torch.tensor([prompt], device=model.device),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=model.device),
+            max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+            repetition_penalty=sampling.repetition_penalty, eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_id, streamer=streamer, **extra)
+    new = [int(t) for t in output[0, len(prompt):].tolist()]
+    stopped = bool(new) and new[-1] == tokenizer.im_end_id
+    if new and new[-1] in stop_ids:
+        new = new[:-1]
+    return Reply(ids=new, text=tokenizer.decode(new), stopped_on_im_end=stopped)
+
+
+def fit_history(tokenizer, messages: list[dict], budget: int) -> list[dict]:
+    """Drop the oldest exchanges (keeping a system message) until the prompt fits `budget` tokens."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system):]
+    while len(rest) > 1 and len(encode_prompt(tokenizer, system + rest)) > budget:
+        rest = rest[2:] if len(rest) > 2 else rest[-1:]
+    return system + rest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_path", "--model-path", dest="model_path", required=True, help="model directory (HF)")
+    parser.add_argument("--tokenizer_path", "--tokenizer-path", dest="tokenizer_path",
+                        help="tokenizer directory (default: the model directory's copy)")
+    parser.add_argument("--system", help="system message for the conversation")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    parser.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=50)
+    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.9)
+    parser.add_argument("--repetition_penalty", "--repetition-penalty", dest="repetition_penalty",
+                        type=float, default=1.1)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(args) -> int:
+    import torch
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_chat_model(args.model_path, args.tokenizer_path)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    budget = max(16, context - sampling.max_new_tokens)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    _say(f"lmforge chat: {args.model_path} (/reset to start over, /quit to leave)\n")
+    while True:
+        try:
+            line = input(USER_PROMPT)
+        except EOFError:
+            _say("\n")
+            return 0
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            history = list(start)
+            _say("(conversation reset)\n")
+            continue
+        if not text:
+            continue
+        history = fit_history(tokenizer, history + [{"role": "user", "content": text}], budget)
+        _say(ASSISTANT_PROMPT)
+        reply = generate_reply(model, tokenizer, history, sampling, on_text=_say)
+        _say("\n" if reply.stopped_on_im_end else " [length limit]\n")
+        history.append({"role": "assistant", "content": reply.text})

@@ -1,0 +1,173 @@
+"""`lmforge sft` on CPU: LoRA lowers the SFT loss, final/ is adapter + merged model, resume is exact,
+tokenizer mismatches stop; `lmforge eval-sft` writes its results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmforge.artifacts import load_manifest
+from lmforge.cli import main as cli
+from test_sft_data import alpaca_records, write_jsonl
+from conftest import make_base_model_dir, make_tokenizer_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN_CFG = {
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+    "training": {"max_steps": 12, "per_device_batch_size": 4, "gradient_accumulation_steps": 2,
+                 "learning_rate": 5e-3, "lr_scheduler": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+                 "eval_every": 6, "eval_batches": 4, "save_every": 6, "keep_last": 0, "log_every": 1,
+                 "seed": 7, "tensorboard": False},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer, tiny_texts):
+    root = tmp_path_factory.mktemp("sft")
+    tok = tiny_tokenizer  # made by the real tokenizer stage: Hugging Face files included
+    base = make_base_model_dir(root / "base", tok)
+    data = []
+    for name, lo, hi in (("a", 0, 60), ("b", 60, 90)):
+        src = write_jsonl(root / f"{name}.jsonl", alpaca_records(tiny_texts[lo:hi], hi - lo))
+        out = root / f"data_{name}"
+        assert cli(["sft-data", "--config", str(ROOT / "config/sft/datasets/alpaca_chatml.json"), "--tokenizer_dir",
+                    str(tok), "--output_dir", str(out), "--input-files", str(src), "--log-level", "WARNING",
+                    "--set", "processing.val_fraction=0.15", "--set", "processing.max_length=384"]) == 0
+        data.append(out)
+    cfg = root / "lora.json"
+    cfg.write_text(json.dumps(TRAIN_CFG))
+    return {"root": root, "tok": tok, "base": base, "data": data, "cfg": cfg}
+
+
+def sft_args(s, out, *extra):
+    return ["sft", "--config", str(s["cfg"]), "--model_path", str(s["base"]), "--data_dirs",
+            *map(str, s["data"]), "--data_weights", "0.7", "0.3", "--tokenizer_path", str(s["tok"]),
+            "--output_dir", str(out), "--log-level", "WARNING", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    out = setup["root"] / "run"
+    assert cli(sft_args(setup, out)) == 0
+    return out
+
+
+def val_nll(model_dir, data_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.sft_dataset import SFTSplit, iter_eval_batches
+    from lmforge.stages.eval_sft import assistant_nll
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    nll = tokens = 0
+    for d in data_dirs:
+        n, t = assistant_nll(model, iter_eval_batches(SFTSplit(d, "val"), 4, pad_id=3))
+        nll, tokens = nll + n, tokens + t
+    return nll / tokens
+
+
+def test_lora_lowers_sft_loss_and_exports(setup, trained):
+    final = trained / "final"
+    manifest = load_manifest(final, "sft", verify="sha256")
+    assert manifest["tokenizer_sha256"] == load_manifest(setup["base"], "pretrain")["tokenizer_sha256"]
+    assert manifest["figures"]["realised_mix"][0] == pytest.approx(0.7, abs=0.2)
+    for name in ("config.json", "model.safetensors", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "spm.model"):
+        assert (final / name).is_file(), name
+    adapter_cfg = json.loads((final / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 8 and adapter_cfg["lora_alpha"] == 16
+    assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    template = json.loads((final / "tokenizer_config.json").read_text())["chat_template"]
+    assert "<|im_start|>" in template
+    assert val_nll(final, setup["data"]) < val_nll(setup["base"], setup["data"]) - 0.05
+
+
+def test_merged_logits_equal_base_plus_adapter(setup, trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    final = trained / "final"
+    merged = AutoModelForCausalLM.from_pretrained(final).eval()
+    combined = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup["base"]), final / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(setup["base"]).eval()
+    ids = torch.tensor([[1, 4, 20, 30, 40, 5, 50, 60, 70, 80]])
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, combined(ids).logits, base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-3)  # the adapter did change the model
+
+
+def test_resume_is_exact(setup, trained):
+    import torch
+    from safetensors.torch import load_file
+
+    out = setup["root"] / "resumed"
+    assert cli(sft_args(setup, out, "--set", "training.stop_after_steps=6")) == 0
+    assert (out / "step_6").is_dir() and not (out / "final").exists()
+    assert cli(sft_args(setup, out)) == 0  # resumes from step_6 automatically
+    a = load_file(trained / "final" / "adapter" / "adapter_model.safetensors")
+    b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # an up-to-date run is skipped
+    mtime = (out / "final" / "manifest.json").stat().st_mtime_ns
+    assert cli(sft_args(setup, out)) == 0
+    assert (out / "final" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_tokenizer_mismatch_stops(setup, tiny_texts, capsys, tmp_path):
+    other = make_tokenizer_dir(tmp_path / "other_tok", tiny_texts, vocab_size=450)
+    out = tmp_path / "run"
+    code = cli(["sft", "--config", str(setup["cfg"]), "--model_path", str(setup["base"]), "--data_dirs",
+                *map(str, setup["data"]), "--tokenizer_path", str(other), "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "tokenizer mismatch" in err and str(setup["base"]) in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_eval_sft_results(setup, trained, tmp_path, capsys):
+    boolq = write_jsonl(tmp_path / "boolq.jsonl", [
+        {"question": "is the sky blue", "passage": "The sky is blue on clear days.", "idx": i % 3, "label": 1 - i % 2}
+        for i in range(6)])
+    pre = tmp_path / "pretrain_results.json"
+    pre.write_text(json.dumps({"boolq": {"accuracy": 0.25, "examples": 6}}))
+    cfg = json.loads((ROOT / "config/evaluation/sft_standard.json").read_text())
+    cfg["smoke"]["cases"] = cfg["smoke"]["cases"][:2]
+    cfg["smoke"]["max_new_tokens"] = 12
+    cfg_path = tmp_path / "eval.json"
+    cfg_path.write_text(json.dumps(cfg))
+    out_file = tmp_path / "eval" / "results.json"
+    assert cli(["eval-sft", "--config", str(cfg_path), "--model_path", str(trained / "final"), "--tokenizer_path",
+                str(setup["tok"]), "--output_file", str(out_file), "--boolq-file", str(boolq),
+                "--pretrain-results", str(pre), "--set", "runtime.device=cpu", "--log-level", "WARNING"]) == 0
+    results = json.loads(out_file.read_text())
+    ppl = results["sft_perplexity"]
+    assert ppl["perplexity"] == pytest.approx(2.718281828 ** val_nll(trained / "final", setup["data"]), rel=1e-4)
+    assert results["boolq"]["examples"] == 6 and results["boolq"]["prompt_format"] == "harness"
+    assert results["boolq_chatml"]["prompt_format"] == "chatml"
+    assert results["pretrain_comparison"]["boolq_delta"] == pytest.approx(results["boolq"]["accuracy"] - 0.25)
+    assert 0.0 <= results["smoke"]["quality_score"] <= 1.0 and results["smoke"]["cases"] == 2
+    gens = [json.loads(line) for line in (out_file.parent / "generations.jsonl").read_text().splitlines()]
+    assert [g["case"] for g in gens] == ["capital_france", "primary_colors"]
+    assert load_manifest(out_file.parent, "eval-sft")["figures"]["smoke_quality"] == results["smoke"]["quality_score"]
+    assert "✅ SFT evaluation complete" in capsys.readouterr().out
+
+
+def test_chat_template_reproduces_training_ids(trained):
+    from transformers import AutoTokenizer
+
+    from lmforge.chatml import encode_conversation, encode_prompt
+    from lmforge.tokenizer import load_tokenizer
+
+    final = trained / "final"
+    hf, tok = AutoTokenizer.from_pretrained(final), load_tokenizer(final)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?\nThanks."},
+                {"role": "assistant", "content": "Paris, of course."}]
+    assert list(hf.apply_chat_template(messages, tokenize=True, return_dict=False)) == \
+        encode_conversation(tok, messages).ids
+    assert list(hf.apply_chat_template(messages[:2], tokenize=True, add_generation_prompt=True,
+                                       return_dict=False)) == encode_prompt(tok, messages[:2])
