@@ -498,7 +498,9 @@ class Trainer:
                 if self.meta.tokenizer_dir:
                     copy_tokenizer_files(self.meta.tokenizer_dir, tmp)
                 atomic_write_json(tmp / META_FILE, self._meta_json())
-                outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
+                # Recursive: an export hook may write subfolders (SFT's adapter/).
+                outputs = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                                 if p.is_file() and not p.name.startswith("."))
                 write_manifest(tmp, self.meta.stage, config=self.meta.config, outputs=outputs, inputs=self.meta.inputs,
                                figures=figures, tokenizer_sha256=self.meta.tokenizer_sha256)
             log.info("final model saved: %s", final)

@@ -195,21 +195,6 @@ def export_final(model, out_dir: Path) -> None:
     merged.save_pretrained(out_dir, safe_serialization=True)
 
 
-def list_adapter_in_manifest(final_dir: Path) -> None:
-    """Re-write final/manifest.json so it also hashes adapter/ (the loop lists top-level files only)."""
-    from ..artifacts import write_manifest
-
-    manifest = load_manifest(final_dir, STAGE, verify="none")
-    outputs = sorted(p.relative_to(final_dir).as_posix() for p in final_dir.rglob("*")
-                     if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
-    inputs = {role: entry["path"] for role, entry in manifest.get("inputs", {}).items()}
-    keep = {k: v for k, v in manifest.items() if k not in {"stage", "lmforge_version", "created", "machine", "config",
-                                                         "config_sha256", "inputs", "outputs", "figures",
-                                                         "tokenizer_sha256"}}
-    write_manifest(final_dir, STAGE, config=manifest["config"], outputs=outputs, inputs=inputs,
-                   figures=manifest["figures"], tokenizer_sha256=manifest.get("tokenizer_sha256"), extra=keep)
-
-
 # ---------------------------------------------------------------- run
 
 def main(args) -> int:
@@ -270,8 +255,6 @@ def train(args, plan: Plan) -> int:
     result = run_training(model, batches, eval_batches, t, out, accelerator=accelerator, meta=meta,
                           resume_from=resume_from)
     if accelerator.is_main_process:
-        if result.final_dir is not None:
-            list_adapter_in_manifest(result.final_dir)
         print_summary(plan, result, batches, out)
     return 0
 
