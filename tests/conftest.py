@@ -31,8 +31,8 @@ def stdlib_texts(limit: int | None = None) -> list[str]:
         with warnings.catch_warnings():  # typing.io / typing.re warn on access
             warnings.simplefilter("ignore", DeprecationWarning)
             members = [getattr(module, a) for a in sorted(dir(module)) if not a.startswith("_")]
-        for obj in [module, *members]:
-            doc = getattr(obj, "__doc__", None)
+            docs = [getattr(obj, "__doc__", None) for obj in [module, *members]]
+        for doc in docs:
             if isinstance(doc, str) and len(doc) >= 200 and doc not in texts:
                 texts.append(doc.strip())
     return texts[:limit] if limit else texts

@@ -1,0 +1,146 @@
+"""The offline quickstart end to end: `lmforge run config/quickstart/pipeline.json`.
+
+All nine steps with the real verbs on the built-in corpus, then: every stage ran, the
+lineage check passes, REPORT.md and its plots exist, pretraining loss clearly fell, the
+SFT model answers in ChatML, a second run skips every stage, and a pipeline killed in
+the middle of pretraining resumes and ends with the same loss as the uninterrupted run.
+Marked `slow` (deselect with `-m "not slow"`); it runs in CI by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE = REPO / "config/quickstart/pipeline.json"
+STAGES = ["corpus", "quickstart_data", "tokenizer", "pack", "pretrain", "eval", "sft_data_alpaca",
+          "sft_data_oasst1", "sft", "eval_sft"]
+
+
+def _env() -> dict[str, str]:
+    # The offline path on purpose: a real mirror in the caller's environment would replace
+    # the derived evaluation and SFT data.
+    env = {k: v for k, v in os.environ.items() if k != "LMFORGE_MIRROR"}
+    env["LMFORGE_PROGRESS"] = "0"
+    return env
+
+
+def lmforge(*argv: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmforge.cli", *argv], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    proc = lmforge("run", str(PIPELINE), "--run-dir", str(run))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return run, proc
+
+
+def _record(run: Path) -> dict:
+    return json.loads((run / "pipeline_run.json").read_text())["stages"]
+
+
+def _losses(metrics: Path) -> list[float]:
+    return [row["loss"] for row in map(json.loads, metrics.read_text().splitlines()) if "loss" in row]
+
+
+def test_every_stage_ran_and_lineage_holds(quickstart):
+    run, proc = quickstart
+    record = _record(run)
+    assert [name for name in STAGES if record[name]["status"] == "ran"] == STAGES
+    assert "all" in proc.stdout and "artifacts agree on one tokenizer" in proc.stdout
+    check = lmforge("verify", str(run))
+    assert check.returncode == 0, check.stdout
+    assert "MISMATCH" not in check.stdout and "MISSING" not in check.stdout
+
+
+def test_report_written_with_metrics_and_plots(quickstart):
+    run, _ = quickstart
+    text = (run / "REPORT.md").read_text()
+    assert "## Métriques de Référence" in text and "Verdict: all artifacts agree" in text
+    for label in ("| Final Loss | 2.8-3.2 |", "| WikiText-2 PPL | 45-70 |", "| SFT Perplexity | 35-50 |",
+                  "| Smoke Quality | 0.65-0.80 |"):
+        row = next(line for line in text.splitlines() if line.startswith(label))
+        assert "n/a" not in row, row
+    for png in ("pretrain_loss", "pretrain_lr", "pretrain_throughput", "sft_loss"):
+        assert (run / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pretraining_loss_clearly_falls(quickstart):
+    run, _ = quickstart
+    losses = _losses(run / "checkpoints/pretrain/quickstart/metrics.jsonl")
+    vocab = json.loads((run / "data/tokenizer/tokenizer_config.json").read_text())["vocab_size"]
+    # An untrained model scores ln(vocab) (8.3 nats for 4,096 tokens); the first logged value
+    # already averages the first 20 steps.
+    assert losses[-1] < math.log(vocab) - 2.0, losses
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_sft_model_answers_in_chatml(quickstart):
+    """The merged SFT model carries the ChatML template and answers inside the assistant turn."""
+    run, _ = quickstart
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "checkpoints/sft/quickstart/final")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert "<|im_start|>user\nHello<|im_end|>\n" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    results = json.loads((run / "evaluation_results/sft/results.json").read_text())
+    rates = results["smoke"]["rule_pass_rates"]
+    assert rates["no_role_leakage"] == 1.0 and rates["not_empty"] > 0
+
+
+@pytest.mark.xfail(reason="known gap: the quickstart's short LoRA run on a 200-step 1.3M-parameter base does "
+                          "not yet learn to close its turn with <|im_end|> (smoke rule ends_with_im_end)",
+                   strict=False)
+def test_sft_model_stops_on_im_end(quickstart):
+    run, _ = quickstart
+    results = json.loads((run / "evaluation_results/sft/results.json").read_text())
+    assert results["smoke"]["rule_pass_rates"]["ends_with_im_end"] > 0
+
+
+def test_second_run_skips_every_stage(quickstart):
+    run, _ = quickstart
+    proc = lmforge("run", str(PIPELINE), "--run-dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = _record(run)
+    assert [record[name]["status"] for name in STAGES] == ["skipped"] * len(STAGES)
+    assert f"0 stage(s) ran, {len(STAGES)} skipped" in proc.stdout
+
+
+def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path):
+    run, _ = quickstart
+    other = tmp_path / "run"
+    shutil.copytree(run / "data", other / "data")           # same packed data and tokenizer
+    argv = [sys.executable, "-m", "lmforge.cli", "run", str(PIPELINE), "--run-dir", str(other),
+            "--only", "pretrain", "--no-report"]
+    proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first_ckpt = other / "checkpoints/pretrain/quickstart/step_100"
+    deadline = time.time() + 600
+    while not first_ckpt.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)                        # the runner and its stage, like a power cut
+    proc.wait()
+    assert first_ckpt.is_dir() and not (other / "checkpoints/pretrain/quickstart/final").exists()
+
+    again = lmforge("run", str(PIPELINE), "--run-dir", str(other), "--only", "pretrain", "--no-report")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing" in again.stdout or "resumed from" in again.stdout
+    done = json.loads((other / "checkpoints/pretrain/quickstart/final/manifest.json").read_text())
+    reference = json.loads((run / "checkpoints/pretrain/quickstart/final/manifest.json").read_text())
+    assert done["figures"]["final_loss"] == pytest.approx(reference["figures"]["final_loss"], abs=1e-5)
