@@ -104,13 +104,11 @@ def test_sft_model_answers_in_chatml(quickstart):
     assert rates["no_role_leakage"] == 1.0 and rates["not_empty"] > 0
 
 
-@pytest.mark.xfail(reason="known gap: the quickstart's short LoRA run on a 200-step 1.3M-parameter base does "
-                          "not yet learn to close its turn with <|im_end|> (smoke rule ends_with_im_end)",
-                   strict=False)
-def test_sft_model_stops_on_im_end(quickstart):
+def test_sft_model_closes_its_turn_with_im_end(quickstart):
+    """Answering in ChatML means ending the reply with <|im_end|>, as the SFT data taught."""
     run, _ = quickstart
     results = json.loads((run / "evaluation_results/sft/results.json").read_text())
-    assert results["smoke"]["rule_pass_rates"]["ends_with_im_end"] > 0
+    assert results["smoke"]["rule_pass_rates"]["ends_with_im_end"] >= 0.5, results["smoke"]
 
 
 def test_second_run_skips_every_stage(quickstart):
@@ -130,7 +128,7 @@ def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path
             "--only", "pretrain", "--no-report"]
     proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first_ckpt = other / "checkpoints/pretrain/quickstart/step_100"
+    first_ckpt = other / "checkpoints/pretrain/quickstart/step_300"  # save_every in pretrain.json
     deadline = time.time() + 600
     while not first_ckpt.is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)

@@ -59,6 +59,7 @@ def open_packed_dir(path: str | Path) -> PackedDir:
 
 
 def normalise_weights(weights: list[float] | None, count: int) -> list[float]:
+    """Dataset weights summing to 1 (equal when none are given); ConfigError on a bad list."""
     if not weights:
         return [1.0 / count] * count
     if len(weights) != count:

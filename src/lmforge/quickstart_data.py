@@ -113,6 +113,7 @@ def content_words(text: str) -> list[str]:
 def read_corpus(corpus_dir: Path) -> tuple[dict, list[dict]]:
     """The corpus manifest and its records, shards verified against it."""
     from .artifacts import load_manifest, verify_file
+    from .corpus.shards import read_jsonl_gz
 
     manifest = load_manifest(corpus_dir, "corpus")
     records = []
@@ -121,8 +122,7 @@ def read_corpus(corpus_dir: Path) -> tuple[dict, list[dict]]:
         if not rel.startswith("shards/"):
             continue
         verify_file(corpus_dir, manifest, rel)
-        with gzip.open(corpus_dir / rel, "rt", encoding="utf-8") as handle:
-            records += [json.loads(line) for line in handle if line.strip()]
+        records += list(read_jsonl_gz(corpus_dir / rel))
     return manifest, records
 
 

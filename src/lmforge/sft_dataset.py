@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifacts import load_manifest
+from .data_loader import normalise_weights  # noqa: F401  (re-exported for SFT callers)
 from .indexed import IndexedDataset, IndexedWriter, smallest_token_dtype
 from .errors import ArtifactError, ConfigError
 
@@ -107,18 +108,6 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> d
         attention[row, :n] = 1
         labels[row, :n] = torch.where(torch.as_tensor(mask, dtype=torch.bool), ids_t, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Weights summing to 1 (equal when None); ConfigError on a bad list."""
-    if weights is None:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise ConfigError(f"--data_weights has {len(weights)} value(s) for {count} data dir(s)")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"--data_weights must be non-negative with a positive sum, got {list(weights)}")
-    total = float(sum(weights))
-    return [w / total for w in weights]
 
 
 class WeightedBatches:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 from ..artifacts import atomic_path
+from ..errors import DataError
 
 
 class JsonlGzWriter:
@@ -45,8 +48,30 @@ class JsonlGzWriter:
         self._ctx.__exit__(RuntimeError, error, None)  # atomic_path removes its temp file
 
 
-def read_jsonl_gz(path: Path) -> Iterator[dict]:
-    """The records of a .jsonl.gz, one per line, lazily."""
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
+def read_jsonl_gz(path: Path, skips: Counter | None = None) -> Iterator[dict]:
+    """The records of a (gzipped) JSON-lines shard, lazily.
+
+    Lines that are not UTF-8, not JSON or not an object are skipped and counted in
+    `skips` by reason; a truncated or unreadable file is a DataError naming it.
+    """
+    skips = skips if skips is not None else Counter()
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for raw in handle:
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skips["invalid_utf8"] += 1
+                    continue
+                except json.JSONDecodeError:
+                    skips["malformed_json"] += 1
+                    continue
+                if not isinstance(record, dict):
+                    skips["not_an_object"] += 1
+                    continue
+                yield record
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {exc}") from None

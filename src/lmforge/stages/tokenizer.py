@@ -20,12 +20,9 @@ Example (the plan's command):
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import io
-import json
 import time
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import Iterator
 from ..artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, describe_input,
                          is_up_to_date, load_manifest, prepare_output_dir, sha256_file, verify_file,
                          write_manifest)
+from ..corpus.shards import read_jsonl_gz
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import ArtifactError, DataError
 from ..log import get_logger, human_count, peak_rss_mb, progress
@@ -178,30 +176,6 @@ def passages(text: str, size: int) -> Iterator[str]:
         start = end
 
 
-def iter_shard_records(path: Path, skips: Counter) -> Iterator[dict]:
-    """Records of one corpus shard; undecodable lines are skipped and counted."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            for raw in handle:
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    skips["invalid_utf8"] += 1
-                    continue
-                except json.JSONDecodeError:
-                    skips["malformed_json"] += 1
-                    continue
-                if not isinstance(record, dict):
-                    skips["not_an_object"] += 1
-                    continue
-                yield record
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {exc}") from None
-
-
 @dataclass
 class StreamStats:
     shards_done: int = 0
@@ -246,7 +220,7 @@ class CorpusStream:
         cfg, stats = self.cfg, self.stats
         for n, rel in enumerate(self.shards, 1):
             before = stats.sentences
-            for index, record in enumerate(iter_shard_records(self.corpus_dir / rel, self.skips)):
+            for index, record in enumerate(read_jsonl_gz(self.corpus_dir / rel, self.skips)):
                 text = record.get("text")
                 if not isinstance(text, str):
                     self.skips["missing_text"] += 1
