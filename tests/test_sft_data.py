@@ -68,6 +68,10 @@ def test_alpaca_local_files_end_to_end(tmp_path, tiny_tokenizer, tiny_texts, cap
     before = (out / "manifest.json").stat().st_mtime_ns
     assert run_sft_data(tiny_tokenizer, out, [src]) == 0
     assert (out / "manifest.json").stat().st_mtime_ns == before
+    # other data under the same file name: not up to date, rebuilt
+    write_jsonl(src, rows[:30])
+    assert run_sft_data(tiny_tokenizer, out, [src]) == 0
+    assert load_manifest(out, "sft-data")["figures"]["examples"] == {"train": 27, "val": 3}
 
 
 def test_cap_and_system_message(tmp_path, tiny_tokenizer, tiny_texts):

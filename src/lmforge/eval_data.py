@@ -71,7 +71,9 @@ def rebuild_wikitext_documents(lines: Iterable[str]) -> Iterator[str]:
 def _raw_lines(path: Path, skips: Counter) -> Iterator[str]:
     """Lines of a text file split on "\\n" only (Unicode line separators stay inside lines)."""
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle):
+            if number == 0 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                raw = raw[3:]
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError:

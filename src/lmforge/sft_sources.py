@@ -9,6 +9,9 @@ Formats:
   choosing at every step the best-ranked child (rank 0 first; unranked children after
   ranked ones, in file order); `paths="all"` keeps every distinct path. Messages that
   are deleted or whose `lang` is not listed are pruned with their whole subtree.
+  Broken dumps are tolerated and counted: a repeated `message_id` keeps its first
+  message, messages below a missing parent or on a `parent_id` cycle are skipped, a
+  rank that is not a number counts as unranked.
 - "messages": records that already hold `{"messages": [{"role", "content"}...]}`.
 
 Records come from a hub id through `lmforge.sources.stream_hub` (so `LMFORGE_MIRROR`
@@ -18,6 +21,7 @@ not become a conversation is counted in `skips` by reason.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -53,6 +57,8 @@ def alpaca_messages(record: dict) -> tuple[list[dict] | None, str | None]:
     instruction, extra, output = (record.get(k) for k in ("instruction", "input", "output"))
     if not isinstance(instruction, str) or not isinstance(output, str):
         return None, "missing_field"
+    if extra is not None and not isinstance(extra, str):
+        return None, "bad_input_field"  # dropping it would train on a question without its input
     if not instruction.strip() or not output.strip():
         return None, "empty"
     user = instruction.strip()
@@ -75,13 +81,30 @@ class _Node:
 
     @property
     def sort_key(self) -> tuple:
-        rank = self.record.get("rank")
-        return (rank is None, rank if rank is not None else 0, self.order)
+        rank = _rank(self.record)
+        return (rank is None, rank if rank is not None else 0.0, self.order)
+
+
+def _rank(record: dict) -> float | None:
+    """The message's rank as a number; None (unranked) when absent or not a finite number.
+
+    Numeric strings ("1") count as their number: a dump re-exported through CSV has them.
+    """
+    rank = record.get("rank")
+    if isinstance(rank, bool) or not isinstance(rank, (int, float, str)):
+        return None
+    try:
+        value = float(rank)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _usable(record: dict, languages: list[str] | None, skips: Counter) -> bool:
     if not all(isinstance(record.get(k), str) for k in ("message_id", "text", "role")):
         skips["missing_field"] += 1
+    elif not (record.get("parent_id") is None or isinstance(record["parent_id"], str)):
+        skips["bad_parent_id"] += 1
     elif record["role"] not in OASST_ROLES:
         skips["bad_role"] += 1
     elif record.get("deleted"):
@@ -100,8 +123,12 @@ def build_trees(records, languages: list[str] | None = None, skips: Counter | No
     skips = skips if skips is not None else Counter()
     nodes: dict[str, _Node] = {}
     for order, record in enumerate(records):
-        if _usable(record, languages, skips):
-            nodes[record["message_id"]] = _Node(record, order)
+        if not _usable(record, languages, skips):
+            continue
+        if record["message_id"] in nodes:
+            skips["duplicate_message_id"] += 1  # the first message with an id wins
+            continue
+        nodes[record["message_id"]] = _Node(record, order)
     roots = []
     for node in nodes.values():
         parent_id = node.record.get("parent_id")
@@ -112,10 +139,39 @@ def build_trees(records, languages: list[str] | None = None, skips: Counter | No
         else:
             # Parent pruned (deleted, other language) or absent from this subset.
             skips["orphan_message"] += 1
+    _count_detached(nodes, roots, skips)
     for node in nodes.values():
         node.children.sort(key=lambda n: n.sort_key)
     roots.sort(key=lambda n: n.order)
     return roots
+
+
+def _count_detached(nodes: dict[str, _Node], roots: list[_Node], skips: Counter) -> None:
+    """Count the messages no root reaches, beyond the orphans already counted.
+
+    They hang below an orphan ("orphan_subtree") or on a parent_id cycle ("parent_cycle");
+    every message has one parent, so the walk from the roots never enters a cycle.
+    """
+    reached: set[int] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        reached.add(id(node))
+        stack.extend(node.children)
+    for node in nodes.values():
+        if id(node) not in reached and node.record["parent_id"] in nodes:
+            skips[_detached_reason(node, nodes)] += 1
+
+
+def _detached_reason(node: _Node, nodes: dict[str, _Node]) -> str:
+    seen: set[str] = set()
+    parent_id = node.record["parent_id"]
+    while parent_id in nodes:
+        if parent_id in seen:
+            return "parent_cycle"
+        seen.add(parent_id)
+        parent_id = nodes[parent_id].record.get("parent_id")
+    return "orphan_subtree"
 
 
 def _trim_to_assistant(path: list[_Node]) -> list[_Node]:

@@ -8,11 +8,13 @@ flag) names a directory laid out as
 
 JSON-lines files are streamed line by line and parsed here, so one malformed line or
 invalid UTF-8 costs that record only: it is skipped and counted by reason in the
-caller's `Counter`, never silently dropped and never fatal.
+caller's `Counter`, never silently dropped and never fatal. A UTF-8 byte-order mark at
+the start of a file is dropped; CRLF line ends are whitespace to the JSON parser.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import json
@@ -162,7 +164,9 @@ def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
     import datasets
 
     def generate(path: str):
-        for raw in _raw_lines(path):
+        for number, raw in enumerate(_raw_lines(path)):
+            if number == 0 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # files saved by Windows tools: not part of the first record
             try:
                 yield {"line": raw.decode("utf-8")}
             except UnicodeDecodeError:
@@ -208,7 +212,15 @@ def _stream_text(path: str, skips: Counter) -> Iterator[dict]:
 
 
 def _stream_parquet(path: str) -> Iterator[dict]:
-    yield from _load_streaming("parquet", path)
+    rows = iter(_load_streaming("parquet", path))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a corrupt or truncated parquet file fails while iterating, not on open
+            raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        yield row
 
 
 def stream_builtin(name: str) -> Iterator[dict]:
@@ -216,3 +228,26 @@ def stream_builtin(name: str) -> Iterator[dict]:
     from .builtin_corpus import stream_builtin as _stream_builtin
 
     yield from _stream_builtin(name)
+
+
+def data_fingerprint(*, hub: tuple[str, str | None, str] | None = None, files: str | list[str] | None = None,
+                     mirror: str | os.PathLike | None = None) -> dict:
+    """What a stage's input data were, for its up-to-date check.
+
+    Local files are identified by sha256; a hub dataset read through a mirror by its
+    mirror files' paths, sizes and modification times (cheap, and any replacement of
+    the data changes it); a hub dataset read from the hub by its id only.
+    """
+    from .artifacts import sha256_file
+
+    if files:
+        patterns = [files] if isinstance(files, str) else list(files)
+        found = sorted({p for pattern in patterns for p in glob.glob(os.path.expanduser(pattern), recursive=True)})
+        return {"files": {path: sha256_file(path) for path in found if os.path.isfile(path)}}
+    if hub is None:
+        return {}
+    root = resolve_mirror(mirror)
+    if root is None:
+        return {"hub": list(hub)}
+    listed = mirror_files(root, *hub)
+    return {"hub": list(hub), "mirror_files": {p: [os.path.getsize(p), int(os.path.getmtime(p))] for p in listed}}

@@ -196,15 +196,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def data_identity(cfg: EvalConfig, mirror: str | None) -> dict:
-    """What the data were: the mirror used, and the sha256 of local files, so that a run
-    on other data is never mistaken for up to date."""
-    from ..artifacts import sha256_file
-    from ..sources import resolve_mirror
+    """What the data were (mirror files or local files), so that a run on other data is
+    never mistaken for up to date."""
+    from ..sources import data_fingerprint
 
-    root = resolve_mirror(mirror)
-    files = {"wikitext": cfg.wikitext.local_file, "boolq": cfg.boolq.local_file}
-    return {"mirror": str(root.resolve()) if root else None,
-            **{f"{k}_file_sha256": sha256_file(v) for k, v in files.items() if v and Path(v).is_file()}}
+    return {name: data_fingerprint(hub=(s.hub_id, s.hub_config, s.split), files=s.local_file, mirror=mirror)
+            for name, s in (("wikitext", cfg.wikitext), ("boolq", cfg.boolq)) if s.enabled}
 
 
 # ---------------------------------------------------------------- the run

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
+from ..sources import data_fingerprint
 from ..chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import DataError
@@ -86,7 +87,9 @@ def main(args) -> int:
     cfg = resolve_config(args)
     tokenizer = load_tokenizer(args.tokenizer_dir)
     out = Path(args.output_dir)
-    config_dict = to_dict(cfg)
+    config_dict = {**to_dict(cfg), "_data": data_fingerprint(
+        hub=(cfg.source.hub_id, cfg.source.hub_config, cfg.source.split) if cfg.source.hub_id else None,
+        files=cfg.source.files, mirror=args.mirror)}
     inputs = {"tokenizer": args.tokenizer_dir}
     if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
         log.info("%s is up to date, skipping (use --force to redo)", out)
