@@ -162,3 +162,22 @@ def test_two_cpu_processes_match_one_and_accelerate_launch_runs_bf16(tmp_path, t
     manifest = json.loads((tmp_path / "bf16" / "micro" / "final" / "manifest.json").read_text())
     assert manifest["figures"]["mixed_precision"] == "bf16"
     assert losses(tmp_path / "bf16" / "micro")[-1] < losses(tmp_path / "bf16" / "micro")[0]
+
+
+def test_max_steps_flag_keeps_the_warmup_fraction_of_the_plan_config(monkeypatch):
+    """`--max_steps 200` on the plan's config (3,000 warmup of 30,000) is a valid schedule."""
+    import argparse
+
+    from lmforge.errors import ConfigError
+    from lmforge.stages.pretrain import add_arguments, load_stage_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plan = ["--config", "config/pretrain/training/chinchilla_tiny_500m.json", "--data_dirs", "x",
+            "--tokenizer_dir", "t", "--output_dir", "o"]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cfg = load_stage_config(parser.parse_args([*plan, "--max_steps", "200"]))
+    assert (cfg.training.max_steps, cfg.training.warmup_steps) == (200, 20)
+    assert load_stage_config(parser.parse_args(plan)).training.warmup_steps == 3000  # untouched otherwise
+    with pytest.raises(ConfigError, match="warmup_steps"):  # an explicit warmup is the user's choice
+        load_stage_config(parser.parse_args([*plan, "--max_steps", "200", "--warmup_steps", "500"]))
