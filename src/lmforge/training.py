@@ -590,3 +590,26 @@ def _duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def scaled_warmup(config_path: str, overrides: dict) -> dict:
+    """Overrides that keep the config's warmup *fraction* when max_steps is shortened.
+
+    The plan's schedule is 3,000 warmup steps of 30,000; `--max_steps 200` alone would
+    otherwise be an invalid schedule (warmup longer than the run). An explicit
+    warmup override is left to validation.
+    """
+    steps = overrides.get("training.max_steps")
+    if steps is None or "training.warmup_steps" in overrides:
+        return {}
+    try:
+        training = json.loads(Path(config_path).read_text(encoding="utf-8")).get("training", {})
+        base_steps, base_warmup = int(training["max_steps"]), int(training.get("warmup_steps", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # load_config reports the file's problems
+    if base_warmup < steps or base_steps <= 0:
+        return {}
+    warmup = int(steps * base_warmup / base_steps)
+    log.warning("max_steps %d is shorter than the config's warmup (%d of %d steps): warmup scaled to %d steps "
+                "(same fraction); set training.warmup_steps to choose", steps, base_warmup, base_steps, warmup)
+    return {"training.warmup_steps": warmup}

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import ConfigError
 from ..log import get_logger, human_count
-from ..training import TrainingConfig
+from ..training import TrainingConfig, scaled_warmup
 
 log = get_logger(__name__)
 
@@ -95,32 +95,8 @@ def load_stage_config(args: argparse.Namespace) -> PretrainConfig:
         value = getattr(args, name, None)
         if value is not None:
             overrides[f"training.{name}"] = value
-    overrides.update(_scaled_warmup(args.config, overrides))
+    overrides.update(scaled_warmup(args.config, overrides))
     return load_config(args.config, PretrainConfig, overrides)
-
-
-def _scaled_warmup(config_path: str, overrides: dict) -> dict:
-    """Shortening a run with --max_steps keeps the config's warmup *fraction*.
-
-    The plan's schedule is 3,000 warmup steps of 30,000; `--max_steps 200` alone would
-    otherwise be an invalid schedule (warmup longer than the run).
-    """
-    import json
-
-    steps = overrides.get("training.max_steps")
-    if steps is None or "training.warmup_steps" in overrides:
-        return {}
-    try:
-        training = json.loads(Path(config_path).read_text(encoding="utf-8")).get("training", {})
-        base_steps, base_warmup = int(training["max_steps"]), int(training.get("warmup_steps", 0))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # load_config reports the file's problems
-    if base_warmup < steps or base_steps <= 0:
-        return {}
-    warmup = int(steps * base_warmup / base_steps)
-    log.warning("max_steps %d is shorter than the config's warmup (%d of %d steps): warmup scaled to %d steps "
-                "(same fraction); set training.warmup_steps to choose", steps, base_warmup, base_steps, warmup)
-    return {"training.warmup_steps": warmup}
 
 
 def build_plan(args: argparse.Namespace) -> Plan:

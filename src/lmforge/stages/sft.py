@@ -33,7 +33,7 @@ from ..artifacts import check_tokenizer_lineage, is_up_to_date, load_manifest, r
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import ConfigError
 from ..log import get_logger, human_count
-from ..training import TrainingConfig  # light: the loop's heavy imports are inside functions
+from ..training import TrainingConfig, scaled_warmup  # light: the loop's heavy imports are inside functions
 
 log = get_logger(__name__)
 STAGE = "sft"
@@ -100,7 +100,9 @@ def resolve(args) -> Plan:
     from ..sft_dataset import STAGE as DATA_STAGE, normalise_weights
     from ..tokenizer import load_tokenizer
 
-    cfg = load_config(args.config, SFTConfig, parse_set_overrides(args.set))
+    overrides = parse_set_overrides(args.set)
+    overrides.update(scaled_warmup(args.config, overrides))
+    cfg = load_config(args.config, SFTConfig, overrides)
     tokenizer = load_tokenizer(args.tokenizer_path)
     base = load_manifest(args.model_path, ("pretrain", "sft"))
     check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}",
