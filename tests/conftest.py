@@ -74,6 +74,19 @@ def make_tokenizer_dir(out: Path, texts: list[str], vocab_size: int = 400) -> Pa
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (restored afterwards): on a shared
+    2-core machine, two spinning OpenMP threads per process made tiny matmuls up to 60x
+    slower. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_texts() -> list[str]:
     return stdlib_texts()

@@ -28,16 +28,7 @@ BOOLQ = [{"question": "is alpha the first letter", "passage": "Alpha is the firs
          {"question": "is gamma a ray", "passage": "Gamma rays carry energy.", "answer": True, "title": "Gamma"}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads per
-    process were measured 60x slower on these tiny matmuls. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

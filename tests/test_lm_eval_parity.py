@@ -21,25 +21,13 @@ import pytest
 from lmforge.artifacts import atomic_write_json
 from lmforge.cli import main as cli_main
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("one_torch_thread")]
 
 WIKITEXT_DOCS = 3
 BOOLQ_ITEMS = 150
 REL = 1e-4
 WIKITEXT_FILE = "EleutherAI/wikitext_document_level/wikitext-2-raw-v1/test/test-00000.jsonl.gz"
 BOOLQ_FILE = "aps/super_glue/boolq/validation/validation-00000.jsonl.gz"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads per
-    process were measured 60x slower on these tiny matmuls. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

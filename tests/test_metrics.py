@@ -13,16 +13,7 @@ from lmforge.metrics.perplexity import (
     CorpusLikelihood, count_bytes, count_words, detokenize_wikitext, perplexity_metrics, rolling_windows)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads per
-    process were measured 60x slower on these tiny matmuls. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- rolling windows

@@ -183,19 +183,27 @@ def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
 
+def parse_json_record(line: str, skips: Counter) -> dict | None:
+    """One JSON-lines record as a dict, or None for a blank line or a bad record
+    (counted in `skips` as malformed_json or not_an_object)."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        skips["malformed_json"] += 1
+        return None
+    if not isinstance(record, dict):
+        skips["not_an_object"] += 1
+        return None
+    return record
+
+
 def _stream_json_lines(path: str, skips: Counter) -> Iterator[dict]:
     for line in _decoded_lines(path, skips):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            skips["malformed_json"] += 1
-            continue
-        if not isinstance(record, dict):
-            skips["not_an_object"] += 1
-            continue
-        yield record
+        record = parse_json_record(line, skips)
+        if record is not None:
+            yield record
 
 
 def _stream_text(path: str, skips: Counter) -> Iterator[dict]:

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from ..artifacts import atomic_path
 from ..errors import DataError
+from ..sources import parse_json_record
 
 
 class JsonlGzWriter:
@@ -59,19 +60,13 @@ def read_jsonl_gz(path: Path, skips: Counter | None = None) -> Iterator[dict]:
     try:
         with opener(path, "rb") as handle:
             for raw in handle:
-                if not raw.strip():
-                    continue
                 try:
-                    record = json.loads(raw.decode("utf-8"))
+                    line = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     skips["invalid_utf8"] += 1
                     continue
-                except json.JSONDecodeError:
-                    skips["malformed_json"] += 1
-                    continue
-                if not isinstance(record, dict):
-                    skips["not_an_object"] += 1
-                    continue
-                yield record
+                record = parse_json_record(line, skips)
+                if record is not None:
+                    yield record
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read shard {path}: {type(exc).__name__}: {exc}") from None
