@@ -134,6 +134,18 @@ def test_output_identical_for_one_and_two_workers(packed, tiny_corpus, tiny_toke
     assert load_packed_manifest(packed)["execution"]["workers"] == 2
 
 
+def test_many_uneven_chunks_keep_corpus_order_with_two_workers(packed, tiny_corpus, tiny_tokenizer, tmp_path,
+                                                                monkeypatch):
+    """Small chunks of uneven size exercise the largest-first scheduler and its re-ordering:
+    the bytes must equal the one-chunk pack's."""
+    import lmforge.stages.pack as pack_module
+
+    monkeypatch.setattr(pack_module, "CHUNK_BYTES", 3000)
+    run_pack(tiny_corpus, tiny_tokenizer, tmp_path / "small_chunks", pack_config(workers=2))
+    for name in PACK_FILES:
+        assert sha256_file(tmp_path / "small_chunks" / name) == sha256_file(packed / name), name
+
+
 def test_independent_reader_agrees_with_lmforge(packed):
     """Parse .idx/.bin from the MMIDIDX description with struct + numpy only."""
     for split in ("train", "val"):
