@@ -230,6 +230,7 @@ def test_exact_token_counts_with_a_tokenizer(tmp_path, two_sources, tiny_tokeniz
     tok = load_tokenizer(tiny_tokenizer)
     assert figures["token_counting"]["method"] == "exact"
     assert figures["token_counting"]["tokenizer_sha256"] == tok.sha256
+    assert manifest["tokenizer_sha256"] == tok.sha256  # lineage, as `lmforge verify` reads it
     texts = [r["text"] for shard in read_shards(tmp_path / "out") for r in shard]
     assert sum(len(tok.encode(t)) for t in texts) == figures["tokens"]
     assert 8000 * 0.995 <= figures["tokens"] <= 8000

@@ -116,8 +116,10 @@ def _write_manifest(out: Path, config_record: dict, inputs: dict, figures: dict)
     """The manifest, written once and last: per-shard documents and tokens in the
     figures, per-shard size and sha256 in `outputs` (hashed once, by write_manifest)."""
     shards = figures["shards"]
+    # Exact counts make the corpus tokenizer-dependent: record the lineage like every such artifact.
     return write_manifest(out, STAGE, config=config_record, outputs=[s["path"] for s in shards],
-                          inputs=inputs, figures=figures)
+                          inputs=inputs, figures=figures,
+                          tokenizer_sha256=figures["token_counting"].get("tokenizer_sha256"))
 
 
 def _figures(cfg, counter, states, shards, shortfalls, mirror, phase1_s, total_s) -> dict:
