@@ -74,6 +74,22 @@ def make_tokenizer_dir(out: Path, texts: list[str], vocab_size: int = 400) -> Pa
     return out
 
 
+@pytest.fixture
+def caplog(caplog):
+    """pytest's caplog, also attached to lmforge's logger, which does not propagate to the
+    root logger (so that a user's own logging setup never duplicates lmforge's lines)."""
+    import logging
+
+    logger = logging.getLogger("lmforge")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    if level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a test module (restored afterwards): on a shared

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -16,16 +15,6 @@ from lmforge.artifacts import load_manifest, sha256_file
 from lmforge.cli import main as cli_main
 from lmforge.errors import ConfigError
 from lmforge.stages.corpus import KILL_AFTER_PARTS_ENV, load_corpus_config
-
-
-@pytest.fixture
-def caplog(caplog):
-    """caplog that also sees lmforge's own logger (which does not propagate to the root)."""
-    logger = logging.getLogger("lmforge")
-    logger.addHandler(caplog.handler)
-    caplog.handler.setLevel(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def write_jsonl(path: Path, records: list, gz: bool = False) -> str:

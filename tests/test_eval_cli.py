@@ -120,25 +120,14 @@ def test_generations_are_saved_and_reproducible(full_run, tiny_base_model, tiny_
     assert first[1]["text"] == records[1]["text"]  # so does sample 0 (seed 1234)
 
 
-@pytest.fixture
-def lmforge_log(caplog):
-    """caplog for lmforge's logger (it does not propagate to the root logger)."""
-    import logging
-
-    logger = logging.getLogger("lmforge")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
-def test_rerun_is_skipped_and_force_redoes(tmp_path, full_run, tiny_base_model, tiny_tokenizer, data, lmforge_log):
+def test_rerun_is_skipped_and_force_redoes(tmp_path, full_run, tiny_base_model, tiny_tokenizer, data, caplog):
     out = tmp_path / "copy"
     shutil.copytree(full_run, out)
     before = (out / "manifest.json").read_text()
     args = eval_args(tiny_base_model, tiny_tokenizer, out, data)
     args[args.index("--log-level") + 1] = "INFO"
     assert cli_main(args) == 0
-    assert "up to date, skipping" in lmforge_log.text
+    assert "up to date, skipping" in caplog.text
     assert (out / "manifest.json").read_text() == before
     assert cli_main([*args, "--force", "--set", "wikitext.enabled=false"]) == 0  # redone, and a new config
     assert json.loads((out / "manifest.json").read_text())["config_sha256"] != json.loads(before)["config_sha256"]

@@ -43,17 +43,6 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in records if "loss" in r]
 
 
-@pytest.fixture
-def lmforge_log(caplog):
-    """caplog for lmforge's logger (it does not propagate to the root logger)."""
-    import logging
-
-    logger = logging.getLogger("lmforge")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 @pytest.fixture(scope="module")
 def hf_tokenizer(tmp_path_factory, tiny_texts) -> Path:
     """A tokenizer dir with Hugging Face files, trained with the settings lmforge's tokenizer stage uses."""
@@ -79,7 +68,7 @@ def hf_packed(tmp_path_factory, hf_tokenizer, tiny_texts) -> Path:
     return make_packed_dir(tmp_path_factory.mktemp("hf_packed"), hf_tokenizer, tiny_texts[:150])
 
 
-def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_tokenizer, hf_packed, capsys, lmforge_log):
+def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_tokenizer, hf_packed, capsys, caplog):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,22 +96,22 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.bos_token == "<s>" and tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
 
-    lmforge_log.clear()
+    caplog.clear()
     mtime = (final / "model.safetensors").stat().st_mtime_ns
     assert cli_main(["pretrain", *args]) == 0
-    assert "up to date, skipping" in lmforge_log.text
+    assert "up to date, skipping" in caplog.text
     assert (final / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-def test_changed_config_with_checkpoints_asks_for_resume_or_force(tmp_path, tiny_tokenizer, tiny_packed, lmforge_log):
+def test_changed_config_with_checkpoints_asks_for_resume_or_force(tmp_path, tiny_tokenizer, tiny_packed, caplog):
     config = write_config(tmp_path, stop_after_steps=3)
     base = ["pretrain", "--config", str(config), "--data_dirs", str(tiny_packed), "--tokenizer_dir",
             str(tiny_tokenizer), "--output_dir", str(tmp_path / "ckpt")]
     assert cli_main(base) == 0
     assert cli_main([*base, "--learning_rate", "1e-3"]) == 2  # different run, old checkpoints: refuse
-    lmforge_log.clear()
+    caplog.clear()
     assert cli_main([*base, "--stop_after_steps", "5"]) == 0  # same run: continues from step_3
-    assert "continuing" in lmforge_log.text
+    assert "continuing" in caplog.text
     meta = json.loads((tmp_path / "ckpt" / "micro" / "step_5" / "meta.json").read_text())
     assert meta["step"] == 5 and meta["tokens_seen"] == 5 * 8 * 32
 

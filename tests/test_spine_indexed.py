@@ -51,3 +51,17 @@ def test_dtype_choice():
     assert smallest_token_dtype(32768) is np.uint16
     assert smallest_token_dtype(65536) is np.uint16
     assert smallest_token_dtype(65537) is np.int32
+
+
+def test_all_or_nothing_finalizes_together_or_leaves_nothing(tmp_path):
+    from lmforge.indexed import all_or_nothing
+
+    with all_or_nothing({s: IndexedWriter(tmp_path / "ok" / s) for s in ("train", "val")}) as writers:
+        writers["train"].add_sequence([1, 2])
+        writers["val"].add_sequence([3])
+    assert [IndexedDataset(tmp_path / "ok" / s)[0].tolist() for s in ("train", "val")] == [[1, 2], [3]]
+    with pytest.raises(RuntimeError):
+        with all_or_nothing({s: IndexedWriter(tmp_path / "bad" / s) for s in ("train", "val")}) as writers:
+            writers["train"].add_sequence([1, 2])
+            raise RuntimeError("killed mid-stage")
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []

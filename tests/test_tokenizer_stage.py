@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -29,18 +28,6 @@ def small_config(corpus: Path, **changes) -> TokenizerConfig:
     values = dict(corpus_dir=str(corpus), vocab_size=400, num_threads=1, held_out_fraction=0.05)
     values.update(changes)
     return TokenizerConfig(**values)
-
-
-@pytest.fixture(autouse=True)
-def isolated_logging():
-    """cli.main() installs a handler on the 'lmforge' logger bound to the (captured) stderr of
-    that moment and stops propagation; undo both so later tests' caplog sees the records."""
-    logger = logging.getLogger("lmforge")
-    handlers, propagate = list(logger.handlers), logger.propagate
-    logger.propagate = True
-    yield
-    logger.handlers[:] = handlers
-    logger.propagate = propagate
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ The reader maps both files; nothing is loaded whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -107,6 +108,20 @@ class IndexedWriter:
                 self.finalize()
         else:
             self.abort()
+
+
+@contextlib.contextmanager
+def all_or_nothing(writers: dict):
+    """Finalize every writer when the block succeeds; abort every one when it raises,
+    so a failed stage leaves no output under its final name. Yields `writers`."""
+    try:
+        yield writers
+        for writer in writers.values():
+            writer.finalize()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()  # a no-op for writers already finalized
+        raise
 
 
 class IndexedDataset:

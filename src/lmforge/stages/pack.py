@@ -502,7 +502,7 @@ def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackCo
     """Tokenize every shard and write both splits; nothing lands under a final name on failure."""
     from ..artifacts import prepare_output_dir
     from ..errors import DataError
-    from ..indexed import IndexedWriter
+    from ..indexed import IndexedWriter, all_or_nothing
     from ..log import get_logger, progress
 
     log = get_logger(__name__)
@@ -510,7 +510,7 @@ def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackCo
     log.info("Tokenizing %d shards with %d worker(s); packing rows of %d tokens; split %.0f/%.0f by document",
              len(shards), workers, cfg.seq_length, 100 * (1 - cfg.val_fraction), 100 * cfg.val_fraction)
     writers = {s: IndexedWriter(out_dir / s, dtype.type) for s in SPLITS}
-    try:
+    with all_or_nothing(writers):
         packers = {s: RowPacker(writers[s], cfg.seq_length) for s in SPLITS}
         counts = {"documents": Counter(), "source_tokens": Counter(), "source_documents": Counter(),
                   "skipped": Counter()}
@@ -536,12 +536,6 @@ def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackCo
                 f"seq_length={cfg.seq_length} tokens (train {tokens['train']}, val {tokens['val']} before "
                 "packing); a pack needs at least one row per split: add documents, lower seq_length, "
                 "or raise val_fraction")
-        for writer in writers.values():
-            writer.finalize()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
     counts["rows"] = {s: packers[s].rows for s in SPLITS}
     counts["leftover"] = {s: packers[s].leftover for s in SPLITS}
     return counts

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
-from ..sources import data_fingerprint
 from ..chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import DataError
+from ..indexed import all_or_nothing
 from ..log import get_logger, human_count, peak_rss_mb, progress
 from ..sft_dataset import STAGE, SPLITS, SplitWriter, split_files
 from ..sft_sources import SourceConfig, iter_conversations
+from ..sources import data_fingerprint
 from ..tokenizer import CONFIG_FILE, load_tokenizer
 
 log = get_logger(__name__)
@@ -121,7 +122,7 @@ def build(cfg: SFTDataConfig, tokenizer, out: Path, args) -> dict:
     samples: list[str] = []
     truncated = 0
     group, ordinal = None, -1
-    try:
+    with all_or_nothing(writers):
         conversations = iter_conversations(cfg.source, skips, mirror=args.mirror)
         for group_id, messages in progress(conversations, desc=f"sft-data {cfg.name}", unit="conv"):
             if group_id != group:
@@ -146,12 +147,6 @@ def build(cfg: SFTDataConfig, tokenizer, out: Path, args) -> dict:
                 break
         if writers["train"].examples == 0:
             raise DataError(f"{cfg.name}: no usable conversation (skipped: {dict(skips) or 'none'})")
-        for writer in writers.values():
-            writer.finalize()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
     atomic_write_text(out / SAMPLES_FILE, "\n".join(samples) + "\n")
     return {
         "examples": {s: w.examples for s, w in writers.items()},
