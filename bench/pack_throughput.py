@@ -2,17 +2,20 @@
 """Throughput of `lmforge pack` against plain single-process SentencePiece encoding.
 
 Builds (once, cached in --work-dir) a corpus artifact from real mirror data (C4,
-Wikipedia, FineWeb stand-in, Gutenberg) and a SentencePiece tokenizer trained on part
-of it, then in the same run measures:
+Wikipedia, FineWeb stand-in, Gutenberg) and an lmforge tokenizer trained on it by the
+real tokenizer stage, then in the same run measures:
 
-  reference  texts already in memory, `sp.encode(batch, num_threads=1)` in one process
+  reference  texts already in memory, `sp.encode(batch, num_threads=1)` of whole
+             documents in one process (the issue's reference)
+  pieces     the same process encoding the same exact pieces `lmforge pack` encodes
+             (lmforge.piecewise), to separate the pieces' gain from the workers'
   lmforge    `python -m lmforge.cli pack --workers N --force` end to end (process start,
              sha256 checks of every shard, gzip + JSON reading, encoding, writing .bin/.idx)
 
-and prints tokens/s of each, their ratio (target >= 1.8 with 2 workers), and the peak
-memory that the pack manifest records.
+and prints tokens/s of each, the ratios (target >= 1.8 with 2 workers against the
+reference), and the peak memory of the pack, sampled while it runs.
 
-    LMFORGE_MIRROR=../shared/mirror python bench/pack_throughput.py --chars-per-source 5000000
+    LMFORGE_MIRROR=../shared/mirror python bench/pack_throughput.py --chars-per-source 10000000
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmforge.artifacts import atomic_write_json, sha256_file, write_manifest  # noqa: E402
+from lmforge.artifacts import write_manifest  # noqa: E402
 from lmforge.sources import stream_hub  # noqa: E402
-from lmforge.tokenizer import CONFIG_FILE, MODEL_FILE, spm_special_token_args  # noqa: E402
+from lmforge.stages.pack import PackConfig  # noqa: E402
+from lmforge.tokenizer import MODEL_FILE  # noqa: E402
 
 SOURCES = [  # (name, hub id, config, split)
     ("c4", "allenai/c4", "en", "train"),
@@ -69,27 +73,14 @@ def build_corpus(out: Path, mirror: str, chars_per_source: int, shard_docs: int)
     return out
 
 
-def build_tokenizer(out: Path, corpus: Path, vocab_size: int, train_chars: int) -> Path:
-    import sentencepiece as spm
+def build_tokenizer(out: Path, corpus: Path, vocab_size: int) -> Path:
+    """An lmforge tokenizer (the real `lmforge tokenizer` stage, its default settings) trained on the corpus."""
+    from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
 
-    if (out / "manifest.json").is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    texts = read_texts(corpus)
-    sample, size = [], 0
-    for i in range(0, len(texts), 7):  # every 7th document, so each source is represented
-        sample.append(texts[i][:200_000])
-        size += len(sample[-1])
-        if size >= train_chars:
-            break
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(line for t in sample for line in t.splitlines() if line.strip()),
-        model_prefix=str(out / "spm"), vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
-        character_coverage=0.9995, num_threads=2, minloglevel=2, **spm_special_token_args())
-    digest = sha256_file(out / MODEL_FILE)
-    atomic_write_json(out / CONFIG_FILE, {"sha256_hash": digest, "vocab_size": vocab_size, "model_type": "bpe"})
-    write_manifest(out, "tokenizer", config={"bench": True}, outputs=[MODEL_FILE, "spm.vocab", CONFIG_FILE],
-                   tokenizer_sha256=digest)
+    if not (out / "manifest.json").is_file():
+        cfg = TokenizerConfig(corpus_dir=str(corpus), vocab_size=vocab_size, max_sentences=300_000, num_threads=2,
+                              held_out_max_chars=200_000)
+        train_tokenizer(cfg, out)
     return out
 
 
@@ -101,19 +92,28 @@ def read_texts(corpus: Path) -> list[str]:
     return texts
 
 
-def reference_encode(tokenizer: Path, texts: list[str], batch: int) -> tuple[int, float, float]:
-    """Tokens, wall seconds and CPU seconds of single-process, single-thread batched SentencePiece encoding."""
+def reference_encode(tokenizer: Path, texts: list[str], batch: int, piece_chars: int = 0) -> tuple[int, float, float]:
+    """Tokens, wall seconds and CPU seconds of single-process, single-thread batched SentencePiece encoding.
+
+    piece_chars=0 is the reference of the issue: `sp.encode` of whole documents. With
+    piece_chars > 0 the same process encodes the same exact pieces as `lmforge pack`,
+    which separates what the pieces gain from what the second worker gains.
+    """
     import sentencepiece as spm
 
+    from lmforge.piecewise import PiecewiseEncoder
+
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer / MODEL_FILE))
+    encoder = PiecewiseEncoder(sp, piece_chars)
+    assert encoder.piece_chars == piece_chars, encoder.reason_whole
     started, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for i in range(0, len(texts), batch):
-        tokens += sum(len(ids) + 2 for ids in sp.encode(texts[i:i + batch], num_threads=1))  # + <s> </s>
+        tokens += sum(len(ids) + 2 for ids in encoder.encode(texts[i:i + batch]))  # + <s> </s>
     return tokens, time.perf_counter() - started, time.process_time() - cpu
 
 
-def run_pack(corpus: Path, tokenizer: Path, out: Path, workers: int) -> tuple[dict, float, dict]:
+def run_pack(corpus: Path, tokenizer: Path, out: Path, workers: int, piece_chars: int) -> tuple[dict, float, dict]:
     """Run `lmforge pack` as a user would; sample the RSS of it and its workers meanwhile.
 
     Sampling with psutil, rather than trusting getrusage in the child, because Linux
@@ -123,7 +123,7 @@ def run_pack(corpus: Path, tokenizer: Path, out: Path, workers: int) -> tuple[di
 
     command = [sys.executable, "-m", "lmforge.cli", "pack", "--corpus-dir", str(corpus), "--tokenizer-dir",
                str(tokenizer), "--output-dir", str(out), "--workers", str(workers), "--force",
-               "--log-level", "WARNING"]
+               "--set", f"encode_piece_chars={piece_chars}", "--log-level", "WARNING"]
     peak = {"main_mb": 0.0, "all_processes_mb": 0.0}
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -153,33 +153,38 @@ def main() -> int:
     parser.add_argument("--shard-docs", type=int, default=500)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--piece-chars", type=int, default=PackConfig.encode_piece_chars,
+                        help="lmforge pack's encode_piece_chars (0 = whole documents, as the reference)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate reference and pack runs; best of each")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
     corpus = build_corpus(work / f"corpus_{args.chars_per_source}", args.mirror, args.chars_per_source,
                           args.shard_docs)
-    tokenizer = build_tokenizer(work / f"tok_{args.vocab_size}", corpus, args.vocab_size, 3_000_000)
+    tokenizer = build_tokenizer(work / f"lmforge_tok_{args.vocab_size}", corpus, args.vocab_size)
     texts = read_texts(corpus)
     chars = sum(map(len, texts))
-    ref_best = pack_best = ref_cpu = pack_cpu = float("inf")
+    best = {name: (float("inf"), float("inf")) for name in ("whole", "pieces", "pack")}  # (wall, CPU) seconds
     for _ in range(args.repeats):
-        ref_tokens, ref_seconds, cpu = reference_encode(tokenizer, texts, 256)
-        ref_best, ref_cpu = min(ref_best, ref_seconds), min(ref_cpu, cpu)
-        manifest, pack_seconds, peak = run_pack(corpus, tokenizer, work / "packed", args.workers)
-        pack_best, pack_cpu = min(pack_best, pack_seconds), min(pack_cpu, peak["cpu_seconds"])
+        for name, piece_chars in (("whole", 0), ("pieces", args.piece_chars)):
+            ref_tokens, seconds, cpu = reference_encode(tokenizer, texts, 256, piece_chars)
+            best[name] = min(best[name][0], seconds), min(best[name][1], cpu)
+        manifest, seconds, peak = run_pack(corpus, tokenizer, work / "packed", args.workers, args.piece_chars)
+        best["pack"] = min(best["pack"][0], seconds), min(best["pack"][1], peak["cpu_seconds"])
     figures = manifest["figures"]
     pack_tokens = sum(figures["tokens_per_source"].values())
     assert pack_tokens == ref_tokens, (pack_tokens, ref_tokens)  # the same text, the same tokens
+    (whole, whole_cpu), (pieces, pieces_cpu), (pack, pack_cpu) = best["whole"], best["pieces"], best["pack"]
     print(f"corpus: {len(texts):,} documents, {chars / 1e6:.1f}M characters, {len(list((corpus / 'shards').iterdir()))} "
-          f"shards; tokenizer vocab {args.vocab_size}; {os.cpu_count()} CPUs")
-    print(f"reference  sentencepiece 1 process : {ref_tokens:,} tokens in {ref_best:.2f} s = "
-          f"{ref_tokens / ref_best / 1e6:.3f}M tokens/s")
-    print(f"lmforge pack --workers {args.workers}       : {pack_tokens:,} tokens in {pack_best:.2f} s = "
-          f"{pack_tokens / pack_best / 1e6:.3f}M tokens/s (end to end, wall clock)")
-    print(f"ratio: {ref_best / pack_best:.2f}x  (target >= 1.8x)")
-    print(f"CPU seconds: reference {ref_cpu:.2f}, pack {pack_cpu:.2f} (all processes; overhead "
-          f"{pack_cpu / ref_cpu - 1:+.0%}); load average now {os.getloadavg()[0]:.2f}")
+          f"shards; lmforge tokenizer, vocab {args.vocab_size}; {os.cpu_count()} CPUs; best of {args.repeats}")
+    print(f"{'reference: sp.encode of whole documents, 1 process':<52}: {ref_tokens:,} tokens in {whole:.2f} s = "
+          f"{ref_tokens / whole / 1e6:.3f}M tokens/s, {whole_cpu:.2f} CPU s")
+    print(f"{f'same text in exact pieces of ~{args.piece_chars} chars, 1 process':<52}: {ref_tokens:,} tokens in {pieces:.2f} s = "
+          f"{ref_tokens / pieces / 1e6:.3f}M tokens/s, {pieces_cpu:.2f} CPU s")
+    print(f"{f'lmforge pack --workers {args.workers}, end to end':<52}: {pack_tokens:,} tokens in {pack:.2f} s = "
+          f"{pack_tokens / pack / 1e6:.3f}M tokens/s, {pack_cpu:.2f} CPU s (all processes)")
+    print(f"ratio vs the reference (whole documents): {whole / pack:.2f}x  (target >= 1.8x); "
+          f"vs the same pieces in 1 process: {pieces / pack:.2f}x; load average now {os.getloadavg()[0]:.2f}")
     print(f"pack peak RSS (sampled every 50 ms): main process {peak['main_mb']:.0f} MiB, main + workers "
           f"{peak['all_processes_mb']:.0f} MiB; rows {figures['sequences']}, dtype {figures['dtype']}")
     return 0

@@ -134,6 +134,17 @@ def test_output_identical_for_one_and_two_workers(packed, tiny_corpus, tiny_toke
     assert load_packed_manifest(packed)["execution"]["workers"] == 2
 
 
+@pytest.mark.parametrize("piece_chars", [0, 1])
+def test_output_identical_whatever_the_encoding_pieces(packed, tiny_corpus, tiny_tokenizer, tmp_path, piece_chars):
+    """Whole documents (0) and a cut at every neutral space (1) give the default's bytes."""
+    out = tmp_path / f"pieces_{piece_chars}"
+    run_pack(tiny_corpus, tiny_tokenizer, out, pack_config(encode_piece_chars=piece_chars))
+    for name in PACK_FILES:
+        assert sha256_file(out / name) == sha256_file(packed / name), name
+    assert load_packed_manifest(out)["execution"]["encode_piece_chars"] == piece_chars
+    assert load_packed_manifest(packed)["execution"]["encode_piece_chars"] == 256
+
+
 def test_many_uneven_chunks_keep_corpus_order_with_two_workers(packed, tiny_corpus, tiny_tokenizer, tmp_path,
                                                                 monkeypatch):
     """Small chunks of uneven size exercise the largest-first scheduler and its re-ordering:

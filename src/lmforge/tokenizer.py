@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .artifacts import read_json, sha256_file
@@ -82,9 +83,16 @@ class Tokenizer:
     def im_end_id(self) -> int:
         return self.token_id("im_end")
 
-    def encode(self, text: str | list[str], num_threads: int = 1):
+    @cached_property
+    def pieces(self):
+        """The encoder behind `encode`: SentencePiece's ids, computed in exact short pieces when proven."""
+        from .piecewise import DEFAULT_PIECE_CHARS, PiecewiseEncoder
+
+        return PiecewiseEncoder(self.sp, DEFAULT_PIECE_CHARS)
+
+    def encode(self, text: str | list[str]):
         """Token ids of one text, or a list of id lists for a batch (no BOS/EOS added)."""
-        return self.sp.encode(text, num_threads=num_threads) if isinstance(text, list) else self.sp.encode(text)
+        return self.pieces.encode(text) if isinstance(text, list) else self.pieces.encode([text])[0]
 
     def decode(self, ids) -> str:
         return self.sp.decode([int(i) for i in ids])

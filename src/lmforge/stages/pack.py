@@ -29,11 +29,12 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress
 from pathlib import Path
 from typing import Iterator, Literal
 
 from ..config import spec
+from ..piecewise import DEFAULT_PIECE_CHARS
 
 SPLITS = ("train", "val")
 DTYPE_NAMES = ("auto", "uint8", "uint16", "int32")
@@ -57,6 +58,9 @@ class PackConfig:
     seed: int = spec(1234, min=0, help="salt of the train/val split hash")
     workers: int = spec(0, min=0, max=256, help="tokenizer processes; 0 = one per CPU core")
     encode_batch_size: int = spec(256, min=1, max=1 << 20, help="documents per SentencePiece batch")
+    encode_piece_chars: int = spec(DEFAULT_PIECE_CHARS, min=0, max=1 << 30,
+                                   help="encode documents in pieces of about this many characters, cut where "
+                                        "that is proven exact (same ids, less CPU); 0 = whole documents")
     leftover: Literal["drop"] = spec("drop", help="tail of a split shorter than a row: dropped and counted")
 
     def check(self) -> list[str]:
@@ -185,7 +189,10 @@ def init_worker(model_proto: bytes, cfg_items: dict, dtype_name: str, bos: int, 
     """Load the SentencePiece model once per process, from the bytes whose sha256 was checked."""
     import sentencepiece as spm
 
-    _WORKER.update(sp=spm.SentencePieceProcessor(model_proto=model_proto), dtype=dtype_name,
+    from ..piecewise import PiecewiseEncoder
+
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    _WORKER.update(encoder=PiecewiseEncoder(sp, cfg_items["encode_piece_chars"]), dtype=dtype_name,
                    bos=bos, eos=eos, **cfg_items)
 
 
@@ -247,31 +254,40 @@ def _parse(raw: bytes, skipped: Counter) -> dict | None:
 
 def _encode_batch(batch: list[tuple[str, str, str]], pieces: dict[str, list], result: ChunkResult) -> None:
     """Encode a batch and append each split's `<s> ids </s>` stream as one array per split."""
-    ids = _WORKER["sp"].encode([text for _, _, text in batch], num_threads=1)
+    import numpy as np
+
+    ids, counts = _WORKER["encoder"].encode_flat([text for _, _, text in batch])
+    owner = np.repeat(np.arange(len(batch)), counts)  # the document of each encoded piece
+    piece_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    starts = np.zeros(len(batch), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    doc_lengths = np.add.reduceat(piece_lengths, starts)
     for split in SPLITS:
-        chosen = [i for i, (s, _, _) in enumerate(batch) if s == split]
-        if chosen:
-            pieces[split].append(_frame([ids[i] for i in chosen]))
-            result.documents[split] += len(chosen)
-    for (_, source, _), doc in zip(batch, ids):
-        result.source_tokens[source] += len(doc) + 2
+        chosen = np.fromiter((s == split for s, _, _ in batch), dtype=bool, count=len(batch))
+        if chosen.any():
+            pieces[split].append(_frame(doc_lengths[chosen], list(compress(ids, chosen[owner]))))
+            result.documents[split] += int(chosen.sum())
+    for (_, source, _), length in zip(batch, doc_lengths.tolist()):
+        result.source_tokens[source] += length + 2
         result.source_documents[source] += 1
 
 
-def _frame(docs: list[list[int]]):
-    """Concatenate documents as <s> d0 </s> <s> d1 </s> ... without a Python loop per token."""
+def _frame(lengths, body: list[list[int]]):
+    """Documents of `lengths` tokens, whose ids run through `body`, as <s> d0 </s> <s> d1 </s> ...
+
+    Built with numpy masks rather than a Python loop per token.
+    """
     import numpy as np
 
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    starts = np.zeros(len(docs), dtype=np.int64)
+    starts = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1] + 2, out=starts[1:])
-    out = np.empty(int(lengths.sum()) + 2 * len(docs), dtype=np.dtype(_WORKER["dtype"]))
-    body = np.ones(out.size, dtype=bool)
-    body[starts] = False
-    body[starts + lengths + 1] = False
+    out = np.empty(int(lengths.sum()) + 2 * len(lengths), dtype=np.dtype(_WORKER["dtype"]))
+    inner = np.ones(out.size, dtype=bool)
+    inner[starts] = False
+    inner[starts + lengths + 1] = False
     out[starts] = _WORKER["bos"]
     out[starts + lengths + 1] = _WORKER["eos"]
-    out[body] = np.fromiter(chain.from_iterable(docs), dtype=out.dtype, count=int(lengths.sum()))
+    out[inner] = np.fromiter(chain.from_iterable(body), dtype=out.dtype, count=int(lengths.sum()))
     return out
 
 
@@ -488,13 +504,30 @@ def run_pack(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, ou
         log.info("%s is up to date, skipping (use --force to redo)", out_dir)
         return None
     workers = resolve_workers(cfg.workers)
-    init_args = (tok.sp.serialized_model_proto(), {k: getattr(cfg, k) for k in
-                 ("seed", "val_fraction", "encode_batch_size")}, dtype.name, tok.bos_id, tok.eos_id)
+    piece_chars = effective_piece_chars(tok.sp, cfg.encode_piece_chars)
+    settings = {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "encode_batch_size": cfg.encode_batch_size,
+                "encode_piece_chars": piece_chars}
+    init_args = (tok.sp.serialized_model_proto(), settings, dtype.name, tok.bos_id, tok.eos_id)
     with worker_pool(workers, init_args) as pool:
         verify_shards(corpus_dir, corpus_manifest, shards, pool)
         log.info("Integrity verified: %d/%d shards match their sha256", len(shards), len(shards))
         counts = pack_streams(corpus_dir, shards, out_dir, cfg, dtype, pool, workers)
-    return finish(out_dir, cfg, tok, dtype, counts, inputs, workers, started)
+    return finish(out_dir, cfg, tok, dtype, counts, inputs, {"workers": workers, **settings}, started)
+
+
+def effective_piece_chars(sp, requested: int) -> int:
+    """The piece length the workers will use: `requested`, or 0 when this tokenizer must encode whole texts."""
+    from ..log import get_logger
+    from ..piecewise import PiecewiseEncoder
+
+    encoder = PiecewiseEncoder(sp, requested)
+    if encoder.piece_chars:
+        get_logger(__name__).info("Encoding documents in exact pieces of ~%d characters (same ids as whole "
+                                  "documents, less CPU)", encoder.piece_chars)
+    elif requested:
+        get_logger(__name__).info("Encoding whole documents: cutting is not proven exact for this tokenizer (%s)",
+                                  encoder.reason_whole)
+    return encoder.piece_chars
 
 
 def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackConfig, dtype, pool,
@@ -556,7 +589,7 @@ def _with_progress(chunks: Iterator[Chunk], bar, total: int) -> Iterator[Chunk]:
     bar.update(1)
 
 
-def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dict, workers: int,
+def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dict, execution: dict,
            started: float) -> dict:
     """Write the manifest (last) with the pack's figures."""
     import resource
@@ -582,7 +615,7 @@ def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dic
         "padding_tokens": 0,
         "skipped_records": {k: v for k, v in sorted(counts["skipped"].items()) if not k.startswith("kept_")},
         "documents_without_id": counts["skipped"]["kept_without_id"],
-        "workers": workers,
+        "workers": execution["workers"],
         "seconds": round(seconds, 2),
         "tokens_per_second": round(sum(counts["source_tokens"].values()) / max(seconds, 1e-9)),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -591,7 +624,8 @@ def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dic
     outputs = [f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")]
     return write_manifest(out_dir, "pack", config=cfg.output_key(), outputs=outputs, inputs=inputs,
                           figures=figures, tokenizer_sha256=tok.sha256,
-                          extra={"execution": {"workers": workers, "encode_batch_size": cfg.encode_batch_size}})
+                          extra={"execution": {k: execution[k] for k in
+                                               ("workers", "encode_batch_size", "encode_piece_chars")}})
 
 
 def format_summary(manifest: dict, out_dir: Path) -> str:
