@@ -156,12 +156,21 @@ def main() -> int:
     parser.add_argument("--piece-chars", type=int, default=PackConfig.encode_piece_chars,
                         help="lmforge pack's encode_piece_chars (0 = whole documents, as the reference)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate reference and pack runs; best of each")
+    parser.add_argument("--corpus-dir", help="measure on this existing corpus artifact (e.g. the plan's step 3 "
+                        "output) instead of building one")
+    parser.add_argument("--tokenizer-dir", help="with --corpus-dir: this existing tokenizer artifact")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
-    corpus = build_corpus(work / f"corpus_{args.chars_per_source}", args.mirror, args.chars_per_source,
-                          args.shard_docs)
-    tokenizer = build_tokenizer(work / f"lmforge_tok_{args.vocab_size}", corpus, args.vocab_size)
+    if args.corpus_dir:
+        if not args.tokenizer_dir:
+            parser.error("--corpus-dir needs --tokenizer-dir")
+        corpus, tokenizer = Path(args.corpus_dir), Path(args.tokenizer_dir)
+        args.vocab_size = json.loads((tokenizer / "tokenizer_config.json").read_text())["vocab_size"]
+    else:
+        corpus = build_corpus(work / f"corpus_{args.chars_per_source}", args.mirror, args.chars_per_source,
+                              args.shard_docs)
+        tokenizer = build_tokenizer(work / f"lmforge_tok_{args.vocab_size}", corpus, args.vocab_size)
     texts = read_texts(corpus)
     chars = sum(map(len, texts))
     best = {name: (float("inf"), float("inf")) for name in ("whole", "pieces", "pack")}  # (wall, CPU) seconds
