@@ -3,8 +3,9 @@
 SentencePiece's BPE encoder costs more per token the longer its input: on the real
 documents of the packing bench, encoding each one whole costs about 1.6 times as much
 CPU as encoding the same text cut into ~256-character pieces, and a 2.5M-character
-Gutenberg book about 2.9 times as much (docs/BENCHMARKS.md). Cutting is exact only at a point that no
-vocabulary piece can straddle, which this module proves from the model itself:
+Gutenberg book about 2.9 times as much (docs/BENCHMARKS.md). Cutting is exact only at
+a point that no vocabulary piece can straddle, which this module proves from the model
+itself:
 
 - the model is BPE: every symbol it forms by merging is a vocabulary piece, so a
   boundary that no piece straddles is never crossed, and merges on either side of it
