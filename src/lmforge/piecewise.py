@@ -28,29 +28,22 @@ from __future__ import annotations
 
 from itertools import chain
 
+from .tokenizer import PIECE_BYTE, parse_model_proto, verbatim_bpe_problems
+
 SPACE_SYMBOL = "\u2581"  # SentencePiece's "▁"
 # Characters per piece: the gain flattens out below a few hundred (docs/BENCHMARKS.md).
 DEFAULT_PIECE_CHARS = 256
-# Piece types of sentencepiece_model.proto that never match input text as characters.
-_BYTE = 6
-_BPE = 2
 
 
 def why_not_cuttable(proto) -> str | None:
     """None if cutting before a space that follows a non-space is exact for this ModelProto; else why not."""
-    norm, trainer = proto.normalizer_spec, proto.trainer_spec
-    if trainer.model_type != _BPE:
-        return "the model is not BPE"
-    if norm.precompiled_charsmap or norm.name not in ("identity", ""):
-        return f"normalisation is {norm.name!r}, not the identity"
-    if norm.add_dummy_prefix:
-        return "the model adds a dummy prefix"
-    if norm.remove_extra_whitespaces:
-        return "the model collapses whitespace"
-    if not norm.escape_whitespaces or trainer.treat_whitespace_as_suffix:
-        return "whitespace is not escaped as a word prefix"
+    problems = verbatim_bpe_problems(proto)
+    if not proto.normalizer_spec.escape_whitespaces:
+        problems.append("whitespace is not escaped as '▁'")
+    if problems:
+        return "; ".join(problems)
     for piece in proto.pieces:
-        if piece.type == _BYTE:
+        if piece.type == PIECE_BYTE:
             continue
         text = piece.piece
         if " " in text or any(a != SPACE_SYMBOL and b == SPACE_SYMBOL for a, b in zip(text, text[1:])):
@@ -84,12 +77,9 @@ class PiecewiseEncoder:
 
     def __init__(self, sp, piece_chars: int):
         """`sp`: a loaded SentencePieceProcessor; `piece_chars`: target piece length (0 = whole texts)."""
-        from sentencepiece import sentencepiece_model_pb2
-
-        proto = sentencepiece_model_pb2.ModelProto()
-        proto.ParseFromString(sp.serialized_model_proto())
         self.sp = sp
-        self.reason_whole = why_not_cuttable(proto) if piece_chars > 0 else "piece_chars is 0"
+        self.reason_whole = (why_not_cuttable(parse_model_proto(sp.serialized_model_proto())) if piece_chars > 0
+                             else "piece_chars is 0")
         self.piece_chars = piece_chars if self.reason_whole is None else 0
 
     def encode_flat(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:

@@ -30,6 +30,42 @@ SPECIAL_TOKENS = {
 }
 
 
+# SentencePiece piece and model types (sentencepiece_model.proto).
+PIECE_NORMAL, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_BYTE = 1, 2, 3, 4, 6
+MODEL_BPE = 2
+
+
+def parse_model_proto(data: bytes):
+    """The ModelProto of a serialized SentencePiece model (the bytes of spm.model)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(data)
+    return proto
+
+
+def verbatim_bpe_problems(proto) -> list[str]:
+    """Why a model is not BPE over text kept as written (lmforge's kind); empty when it is.
+
+    Both the exact Hugging Face export and exact piece-wise encoding rest on these
+    settings: identity normalisation, no dummy prefix, no whitespace collapsing,
+    whitespace as a word prefix, and BPE.
+    """
+    norm, trainer = proto.normalizer_spec, proto.trainer_spec
+    problems = []
+    if norm.precompiled_charsmap or norm.name not in ("identity", ""):
+        problems.append(f"normalisation is {norm.name!r}, not 'identity'")
+    if norm.add_dummy_prefix:
+        problems.append("add_dummy_prefix is on (a dummy prefix before the first word)")
+    if norm.remove_extra_whitespaces:
+        problems.append("remove_extra_whitespaces is on")
+    if trainer.model_type != MODEL_BPE:
+        problems.append(f"model type {trainer.model_type} is not BPE")
+    if trainer.treat_whitespace_as_suffix:
+        problems.append("treat_whitespace_as_suffix is on")
+    return problems
+
+
 def spm_special_token_args() -> dict:
     """SentencePiece trainer arguments that place the special tokens above."""
     return {

@@ -31,7 +31,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import ArtifactError
-from .tokenizer import MODEL_FILE, SPECIAL_TOKENS
+from .tokenizer import (MODEL_FILE, PIECE_CONTROL, PIECE_NORMAL, PIECE_UNKNOWN, PIECE_USER_DEFINED, SPECIAL_TOKENS,
+                        parse_model_proto, verbatim_bpe_problems)
 
 # ChatML: the template lmforge's SFT data and chat use (one message per block).
 CHATML_TEMPLATE = (
@@ -41,41 +42,21 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-# SentencePiece piece types (sentencepiece_model.proto).
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
-_BPE, _UNIGRAM = 2, 1
-
-
 def load_proto(model_path: str | os.PathLike):
     """The ModelProto of a SentencePiece model file."""
-    from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
-    proto = model_pb2.ModelProto()
-    proto.ParseFromString(Path(model_path).read_bytes())
-    return proto
+    return parse_model_proto(Path(model_path).read_bytes())
 
 
 def check_exportable(proto) -> None:
     """Refuse settings whose SentencePiece behaviour the exported pipeline would not match."""
-    spec = proto.normalizer_spec
-    problems = []
-    if spec.precompiled_charsmap or spec.name not in ("identity", ""):
-        problems.append(f"normalization is {spec.name!r}, not 'identity'")
-    if spec.add_dummy_prefix:
-        problems.append("add_dummy_prefix is on")
-    if spec.remove_extra_whitespaces:
-        problems.append("remove_extra_whitespaces is on")
-    if proto.trainer_spec.model_type != _BPE:
-        problems.append(f"model type {proto.trainer_spec.model_type} is not BPE")
-    if proto.trainer_spec.treat_whitespace_as_suffix:
-        problems.append("treat_whitespace_as_suffix is on")
+    problems = verbatim_bpe_problems(proto)
     if problems:
         raise ArtifactError("cannot export this SentencePiece model to Hugging Face exactly: " + "; ".join(problems))
 
 
 def bpe_merges(proto) -> list[tuple[str, str]]:
     """Every (left, right) split of every normal piece, best-scored piece first."""
-    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL}
+    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == PIECE_NORMAL}
     ranked = []
     for piece, (score, index) in normal.items():
         for cut in range(1, len(piece)):
@@ -104,7 +85,7 @@ def build_tokenizers_pipeline(model_path: str | os.PathLike):
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     # Control and user-defined pieces are never merged: match them whole, before the model.
     added = [AddedToken(p.piece, special=True, normalized=False)
-             for p in proto.pieces if p.type in (_CONTROL, _USER_DEFINED, _UNKNOWN)]
+             for p in proto.pieces if p.type in (PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_UNKNOWN)]
     tokenizer.add_special_tokens(added)
     return tokenizer
 
