@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..artifacts import prepare_output_dir, write_manifest
+from ..decontam import Tally, build_index, figures as decontam_figures
 from ..errors import DataError
 from ..log import get_logger, human_count, peak_rss_mb
 from ..text_clean import TokenCounter
@@ -92,7 +93,8 @@ def build(cfg: CorpusConfig, counter: TokenCounter, mirror: Path | None, out: Pa
     log.info("📥 Phase 1: streaming %d source(s), %s tokens in total (%s)", len(cfg.sources),
              human_count(sum(cfg.budget(s) for s in cfg.sources)),
              "exact counts" if counter.exact else "estimated as characters/4")
-    states = run_phase1(cfg, counter, mirror, cache_root, use_cache)
+    index = build_index(cfg.decontamination, mirror)
+    states = run_phase1(cfg, counter, mirror, cache_root, use_cache, index)
     phase1_s = time.perf_counter() - started
     shortfalls = {st.name: shortfall(st) for st in states if shortfall(st)}
     if shortfalls and cfg.processing_params.strict_budgets:
@@ -105,6 +107,8 @@ def build(cfg: CorpusConfig, counter: TokenCounter, mirror: Path | None, out: Pa
     docs = mixed_order(states, caches, cfg.processing_params.seed)
     shards = write_shards(out, docs, cfg.processing_params, cfg.output.compresslevel)
     figures = _figures(cfg, counter, states, shards, shortfalls, mirror, phase1_s, time.perf_counter() - started)
+    figures["decontamination"] = decontam_figures(
+        cfg.decontamination, index, {st.name: Tally.from_dict(st.decontamination) for st in states})
     manifest = _write_manifest(out, config_record, inputs, figures)
     if not cfg.output.keep_cache:
         shutil.rmtree(cache_root, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import Iterator
 
 from ..artifacts import atomic_write_json, read_json, sha256_json
 from ..config import to_dict
+from ..decontam import identity as decontam_identity
 from ..text_clean import TokenCounter
 from .schema import BUDGET_TOLERANCE, CorpusConfig, SourceSpec
 from .shards import read_jsonl_gz
@@ -45,6 +46,7 @@ class SourceState:
     truncated_last: bool = False
     done: bool = False
     seconds: float = 0.0
+    decontamination: dict = field(default_factory=dict)  # lmforge.decontam.Tally of this source
 
     def all_skips(self) -> dict:
         return dict(sorted((Counter(self.skips) + Counter(self.reader_skips)).items()))
@@ -108,7 +110,9 @@ def source_fingerprint(cfg: CorpusConfig, source: SourceSpec, counter: TokenCoun
                                           "max_line_chars", "max_record_chars", "dedup", "budget_policy",
                                           "cache_part_tokens")}
     method = counter.describe()
-    return sha256_json({"source": to_dict(source), "budget": cfg.budget(source), "phase1": phase1,
+    check = decontam_identity(cfg.decontamination)
+    extra = {"decontamination": check} if check else {}  # absent when off: caches built before stay valid
+    return sha256_json({**extra, "source": to_dict(source), "budget": cfg.budget(source), "phase1": phase1,
                         "counter": [method["method"], method.get("tokenizer_sha256")],
                         "previous": previous if pp.dedup else None})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..decontam import summary_line as decontam_summary
 from ..log import get_logger, human_count
 from .cache import SourceState, shortfall
 
@@ -40,6 +41,8 @@ def print_summary(figures: dict, out: Path) -> None:
         f"   📦 Output shards: {figures['shard_count']} in {out / 'shards'}",
         f"   ⏱️  Time: {figures['seconds']['total']:.1f}s",
     ]
+    if "decontamination" in figures:
+        lines.append(decontam_summary(figures["decontamination"]))
     for name, missing in figures["budget_shortfalls"].items():
         src = figures["sources"][name]
         lines.append(f"   ⚠️  BUDGET SHORTFALL: {name} ran dry at {src['tokens']:,} of {src['budget']:,} tokens "

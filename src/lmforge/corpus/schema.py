@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import config_from_dict, parse_set_overrides, spec, to_dict
+from ..decontam import DecontaminationParams
 from ..errors import ConfigError
 from ..text_clean import NORMALIZATION_FORMS, CleaningRules, TokenCounter
 
@@ -97,6 +98,7 @@ class CorpusConfig:
     tokenizer_dir: str | None = spec(None, help="a trained tokenizer: count tokens exactly with it")
     processing_params: ProcessingParams = spec(default_factory=ProcessingParams)
     output: OutputParams = spec(default_factory=OutputParams)
+    decontamination: DecontaminationParams = spec(default_factory=DecontaminationParams)
 
     def check(self) -> list[str]:
         problems = [] if self.sources else ["sources: at least one source is needed"]

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..artifacts import atomic_write_bytes
+from ..decontam import NgramIndex, Tally, screen
 from ..errors import DataError
 from ..log import get_logger, human_count, progress
 from ..text_clean import TokenCounter, clean_record, dedup_key, truncate_to_tokens
@@ -28,8 +29,9 @@ class SourceStreamer:
     """Streams one source into its cache, resuming from a saved state."""
 
     def __init__(self, cfg: CorpusConfig, source: SourceSpec, cache: SourceCache, state: SourceState,
-                 counter: TokenCounter, seen: set[int], mirror: Path | None):
+                 counter: TokenCounter, seen: set[int], mirror: Path | None, index: NgramIndex | None = None):
         self.cfg, self.source, self.cache, self.state = cfg, source, cache, state
+        self.index, self.tally = index, Tally.from_dict(state.decontamination)
         self.counter, self.seen, self.mirror = counter, seen, mirror
         self.rules = cfg.processing_params.cleaning_rules()
         self.part: JsonlGzWriter | None = None
@@ -85,6 +87,9 @@ class SourceStreamer:
         if pp.dedup and key in self.seen:
             st.duplicates += 1
             return 0
+        # Checked before budgeting, on the whole cleaned document: a dropped one costs no budget.
+        if screen(self.index, self.cfg.decontamination.mode, self.tally, text):
+            return 0
         tokens = self.counter(text)
         remaining = st.budget - st.tokens
         if tokens > remaining and pp.budget_policy == "truncate":
@@ -115,6 +120,8 @@ class SourceStreamer:
             st.parts += 1
             self.part = None
         st.skips, st.reader_skips = dict(skips), dict(reader_skips)
+        if self.index is not None:
+            st.decontamination = self.tally.to_dict()
         now = time.perf_counter()
         st.seconds += now - self._clock
         self._clock = now
@@ -129,7 +136,7 @@ class SourceStreamer:
 
 
 def run_phase1(cfg: CorpusConfig, counter: TokenCounter, mirror: Path | None, cache_root: Path,
-               use_cache: bool) -> list[SourceState]:
+               use_cache: bool, ngrams: NgramIndex | None = None) -> list[SourceState]:
     """Stream every source into its cache (or reuse the cache); return their final states."""
     states, seen, previous = [], set(), ""
     for index, source in enumerate(cfg.sources):
@@ -154,7 +161,7 @@ def run_phase1(cfg: CorpusConfig, counter: TokenCounter, mirror: Path | None, ca
             if cfg.processing_params.dedup:
                 seen.update(cache.hashes(state))  # what committed parts of this source already hold
             try:
-                state = SourceStreamer(cfg, source, cache, state, counter, seen, mirror).run()
+                state = SourceStreamer(cfg, source, cache, state, counter, seen, mirror, ngrams).run()
             except DataError as exc:
                 raise DataError(f"source '{source.name}': {exc}") from None
             report_source(state)

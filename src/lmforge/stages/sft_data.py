@@ -23,12 +23,13 @@ from pathlib import Path
 from ..artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
 from ..chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
 from ..config import load_config, parse_set_overrides, spec, to_dict
+from ..decontam import DecontaminationParams, Tally, build_index, figures as decontam_figures, screen, summary_line
 from ..errors import DataError
 from ..indexed import all_or_nothing
 from ..log import get_logger, human_count, peak_rss_mb, progress
 from ..sft_dataset import STAGE, SPLITS, SplitWriter, split_files
 from ..sft_sources import SourceConfig, iter_conversations
-from ..sources import data_fingerprint
+from ..sources import data_fingerprint, resolve_mirror
 from ..tokenizer import CONFIG_FILE, load_tokenizer
 
 log = get_logger(__name__)
@@ -51,6 +52,7 @@ class SFTDataConfig:
     name: str = spec(help="dataset name, shown in logs and manifests")
     source: SourceConfig = spec(default_factory=SourceConfig)
     processing: ProcessingConfig = spec(default_factory=ProcessingConfig)
+    decontamination: DecontaminationParams = spec(default_factory=DecontaminationParams)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +124,7 @@ def build(cfg: SFTDataConfig, tokenizer, out: Path, args) -> dict:
     samples: list[str] = []
     truncated = 0
     group, ordinal = None, -1
+    index, tally = build_index(cfg.decontamination, resolve_mirror(args.mirror)), Tally()
     with all_or_nothing(writers):
         conversations = iter_conversations(cfg.source, skips, mirror=args.mirror)
         for group_id, messages in progress(conversations, desc=f"sft-data {cfg.name}", unit="conv"):
@@ -132,6 +135,9 @@ def build(cfg: SFTDataConfig, tokenizer, out: Path, args) -> dict:
             reason = validate_messages(messages)
             if reason:
                 skips[reason] += 1
+                continue
+            if screen(index, cfg.decontamination.mode, tally, "\n".join(m["content"] for m in messages)):
+                skips["contaminated"] += 1  # shares an n-gram with an evaluation item (see decontamination)
                 continue
             encoded = encode_conversation(tokenizer, messages, p.max_length, p.truncation)
             if encoded is None:
@@ -157,6 +163,7 @@ def build(cfg: SFTDataConfig, tokenizer, out: Path, args) -> dict:
         "skipped": dict(sorted(skips.items())),
         "max_length": p.max_length,
         "vocab_size": tokenizer.vocab_size,
+        "decontamination": decontam_figures(cfg.decontamination, index, {cfg.name: tally}),
     }
 
 
@@ -168,5 +175,6 @@ def print_summary(cfg: SFTDataConfig, out: Path, figures: dict, sha: str) -> Non
           f"   🎯 Tokens: {human_count(tok['train'] + tok['val'])} "
           f"({human_count(sum(figures['assistant_tokens'].values()))} assistant tokens in the loss)\n"
           f"   🚫 Skipped: {skipped}\n"
+          f"{summary_line(figures['decontamination'])}\n"
           f"   🔐 Tokenizer SHA256: {sha}\n"
           f"   📁 Output: {out}/")
