@@ -15,8 +15,8 @@ mirror the harness reads the hub itself.
 
 Each task's result carries the harness's accuracy and stderr, the length-normalised
 accuracy where the task defines one, the chance baseline (1 / choices, averaged over the
-scored documents) and a flag when the score is within 2 standard errors of chance: at
-10-100M parameters that flag separates signal from noise.
+scored documents) and a flag when the score is within 2 standard errors of chance (see
+near_chance): at 10-100M parameters that flag separates signal from noise.
 """
 
 from __future__ import annotations
@@ -139,11 +139,17 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def near_chance(score: float, stderr: float | None, chance: float) -> bool:
-    """True when the score is within CHANCE_SIGMAS standard errors of chance (no stderr: cannot tell, so True)."""
-    if stderr is None:
+def near_chance(score: float | None, stderr: float | None, chance: float, documents: int) -> bool:
+    """True when the score is within CHANCE_SIGMAS standard errors of chance.
+
+    The standard error is the larger of the harness's (of the observed accuracy) and that of
+    a guesser at chance on as many documents, sqrt(c(1-c)/n): on a handful of documents an
+    accuracy of 0 or 1 has a harness stderr of 0, which alone would call any score signal.
+    """
+    if score is None or stderr is None or documents == 0:
         return True
-    return abs(score - chance) <= CHANCE_SIGMAS * stderr
+    floor = math.sqrt(chance * (1 - chance) / documents)
+    return abs(score - chance) <= CHANCE_SIGMAS * max(stderr, floor)
 
 
 def summarise(name: str, out: dict, limit: int | None, mirror: Path | None) -> dict:
@@ -161,11 +167,12 @@ def summarise(name: str, out: dict, limit: int | None, mirror: Path | None) -> d
               "acc": _number(metrics.get("acc,none")), "acc_stderr": _number(metrics.get("acc_stderr,none")),
               "chance": round(chance, 6), "task_version": out.get("versions", {}).get(name)}
     result["partial"] = bool(limit) and result["documents"] < result["documents_available"]
-    result["near_chance"] = near_chance(result["acc"], result["acc_stderr"], chance)
+    result["near_chance"] = near_chance(result["acc"], result["acc_stderr"], chance, len(samples))
     if "acc_norm,none" in metrics:
         result["acc_norm"] = _number(metrics["acc_norm,none"])
         result["acc_norm_stderr"] = _number(metrics.get("acc_norm_stderr,none"))
-        result["acc_norm_near_chance"] = near_chance(result["acc_norm"], result["acc_norm_stderr"], chance)
+        result["acc_norm_near_chance"] = near_chance(result["acc_norm"], result["acc_norm_stderr"], chance,
+                                                     len(samples))
     if "perplexity,none" in metrics:
         result["perplexity"] = _number(metrics["perplexity,none"])
         result["perplexity_stderr"] = _number(metrics.get("perplexity_stderr,none"))

@@ -7,6 +7,8 @@
   the two compare), plus the same questions as a ChatML user turn answered "yes"/"no".
 - Smoke tests from the config: each prompt is answered greedily in ChatML and checked
   by machine-checkable rules (lmforge.metrics.smoke); quality score in [0, 1].
+- Optional zero-shot tasks (`--tasks` / `zero_shot.tasks`) through lm-evaluation-harness,
+  exactly as `lmforge eval` runs them (lmforge.zeroshot), so pretrain and SFT compare.
 - The pretraining results (--pretrain-results, or evaluation_results/pretrain/<name>/
   results.json beside the output when it exists) give the BoolQ delta.
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from ..config import spec
 from ..metrics.smoke import SmokeCase, SmokeRules
+from ..zeroshot import ZeroShotSettings
 from .evaluate import BoolQSettings, RuntimeSettings
 
 STAGE = "eval-sft"
@@ -76,6 +79,7 @@ class EvalSFTConfig:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     pretrain_results: str | None = spec(None, help="pretraining results.json (or its directory) for the BoolQ delta")
     expected: SFTExpected = field(default_factory=SFTExpected)
+    zero_shot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,17 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boolq-file", help="local BoolQ JSON lines instead of the hub")
     parser.add_argument("--max-boolq", type=int, help="evaluate only the first N questions (partial)")
     parser.add_argument("--mirror", help="local hub mirror directory (default: $LMFORGE_MIRROR)")
+    parser.add_argument("--tasks", help="zero-shot tasks run by lm-evaluation-harness, comma-separated "
+                        "(as `lmforge eval --tasks`; overrides zero_shot.tasks)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--force", action="store_true", help="redo even if results are up to date")
 
 
 def build_config(args) -> EvalSFTConfig:
     from ..config import load_config, parse_set_overrides
+    from ..zeroshot import apply_tasks_flag
 
     overrides = parse_set_overrides(args.set)
     flags = {"pretrain_results": args.pretrain_results, "sft_perplexity.data_dirs": args.data_dirs,
              "boolq.local_file": args.boolq_file, "boolq.max_examples": args.max_boolq}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    apply_tasks_flag(overrides, getattr(args, "tasks", None))
     return load_config(args.config, EvalSFTConfig, overrides)
 
 
@@ -135,10 +143,16 @@ def main(args) -> int:
     config_dict = to_dict(cfg)
     config_dict["_mirror"] = str(args.mirror) if args.mirror else None
     config_dict["_output_file"] = output_file.name
+    from ..sources import resolve_mirror
+    from ..zeroshot import data_identity, preflight
+
+    if cfg.zero_shot.tasks:
+        config_dict["_zero_shot_data"] = data_identity(cfg.zero_shot.tasks, resolve_mirror(args.mirror))
     inputs = {"model": args.model_path, "tokenizer": args.tokenizer_path}
     if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
         log.info("%s: up to date, skipping (use --force to redo)", out)
         return 0
+    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before loading
     loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
     prepare_output_dir(out)
     run = SFTEvalRun(cfg, loaded, args, out)
@@ -171,6 +185,12 @@ class SFTEvalRun:
                 results["boolq_chatml"] = self.boolq("chatml", "boolq_chatml_items.jsonl")
         if self.cfg.smoke.enabled and self.cfg.smoke.cases:
             results["smoke"] = self.smoke()
+        if self.cfg.zero_shot.tasks:
+            from ..sources import resolve_mirror
+            from ..zeroshot import run
+
+            results["zero_shot"] = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.args.mirror),
+                                       self.cfg.runtime.batch_size)
         results["pretrain_comparison"] = self.compare_with_pretrain(results)
         results["partial"] = any(isinstance(v, dict) and v.get("partial") for v in results.values())
         results["wall_seconds"] = round(time.time() - start, 2)
@@ -321,7 +341,9 @@ def headline(results: dict) -> dict:
               "boolq_chatml_accuracy": (results.get("boolq_chatml") or {}).get("accuracy"),
               "smoke_quality": (results.get("smoke") or {}).get("quality_score"),
               "boolq_delta_vs_pretrain": (results.get("pretrain_comparison") or {}).get("boolq_delta")}
-    return {k: v for k, v in picked.items() if v is not None}
+    from ..zeroshot import headline as zero_shot_headline
+
+    return {**{k: v for k, v in picked.items() if v is not None}, **zero_shot_headline(results.get("zero_shot"))}
 
 
 def _row(name: str, value, expected: list[float] | None, fmt: str) -> str:
@@ -351,6 +373,9 @@ def render_report(results: dict) -> str:
         lines += ["", "## Smoke tests", "", "| rule | pass rate |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in smoke["rule_pass_rates"].items()]
         lines += ["", f"Replies and per-rule verdicts: `{smoke['file']}`"]
+    from ..zeroshot import report_lines
+
+    lines += report_lines(results.get("zero_shot"))
     return "\n".join(lines) + "\n"
 
 

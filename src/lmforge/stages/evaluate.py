@@ -8,6 +8,9 @@ Protocols are lm-evaluation-harness 0.4's, so the numbers compare with the harne
 - BoolQ (validation, 3,270 questions), zero-shot: "{passage}\\nQuestion: {question}?\\nAnswer:"
   scored with " no" / " yes"; accuracy +- stderr, majority baseline, yes-rate.
 - Generations from the config's prompts, greedy and seeded samples.
+- Optional zero-shot tasks (`--tasks` or `zero_shot.tasks`: lambada_openai, piqa,
+  arc_easy, arc_challenge, hellaswag, winogrande, copa, social_iqa) scored in-process by
+  lm-evaluation-harness's own task definitions (lmforge.zeroshot), with chance baselines.
 
 Data come from the hub (redirected by LMFORGE_MIRROR / --mirror) or local files.
 The model's manifest must record the tokenizer the user names (lineage check).
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import spec
+from ..zeroshot import ZeroShotSettings
 
 DEFAULT_CONFIG = "config/evaluation/pretrain_standard.json"
 STAGE = "eval"
@@ -105,6 +109,7 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     expected: ExpectedRanges = field(default_factory=ExpectedRanges)
+    zero_shot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
 
 
 # ---------------------------------------------------------------- CLI
@@ -124,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per forward pass")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--mirror", help="local hub mirror directory (default: $LMFORGE_MIRROR)")
+    parser.add_argument("--tasks", help="zero-shot tasks run by lm-evaluation-harness, comma-separated, e.g. "
+                        "lambada_openai,piqa,arc_easy,arc_challenge,hellaswag,winogrande,copa,social_iqa "
+                        "(needs pip install 'lmforge[eval]'; overrides zero_shot.tasks)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.enabled=false (repeatable)")
     parser.add_argument("--force", action="store_true", help="redo even if results are up to date")
@@ -141,6 +149,7 @@ def resolve_config_path(path: str) -> Path:
 
 def build_config(args: argparse.Namespace) -> EvalConfig:
     from ..config import load_config, parse_set_overrides
+    from ..zeroshot import apply_tasks_flag
 
     overrides = parse_set_overrides(getattr(args, "overrides", None))
     flags = {
@@ -152,6 +161,7 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         "runtime.device": args.device,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    apply_tasks_flag(overrides, getattr(args, "tasks", None))
     return load_config(resolve_config_path(args.config), EvalConfig, overrides)
 
 
@@ -168,6 +178,8 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
     if cfg.generation.enabled:
         per = int(cfg.generation.greedy) + cfg.generation.samples
         info["generations"] = f"{len(cfg.generation.prompts)} prompts x {per}, {cfg.generation.max_new_tokens} new tokens"
+    if cfg.zero_shot.tasks:
+        info["zero_shot"] = ", ".join(cfg.zero_shot.tasks) + f" (lm-evaluation-harness, {cfg.zero_shot.limit or 'all'} docs each)"
     return info
 
 
@@ -184,7 +196,10 @@ def main(args: argparse.Namespace) -> int:
         log.info("%s: up to date, skipping (use --force to redo)", args.output_dir)
         return 0
     from ..model_io import load_for_eval
+    from ..sources import resolve_mirror
+    from ..zeroshot import preflight
 
+    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before loading
     loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device,
                            dtype=cfg.runtime.dtype, max_length=cfg.runtime.max_length)
     out = prepare_output_dir(args.output_dir)
@@ -198,10 +213,14 @@ def main(args: argparse.Namespace) -> int:
 def data_identity(cfg: EvalConfig, mirror: str | None) -> dict:
     """What the data were (mirror files or local files), so that a run on other data is
     never mistaken for up to date."""
-    from ..sources import data_fingerprint
+    from ..sources import data_fingerprint, resolve_mirror
+    from ..zeroshot import data_identity as zero_shot_identity
 
-    return {name: data_fingerprint(hub=(s.hub_id, s.hub_config, s.split), files=s.local_file, mirror=mirror)
-            for name, s in (("wikitext", cfg.wikitext), ("boolq", cfg.boolq)) if s.enabled}
+    found = {name: data_fingerprint(hub=(s.hub_id, s.hub_config, s.split), files=s.local_file, mirror=mirror)
+             for name, s in (("wikitext", cfg.wikitext), ("boolq", cfg.boolq)) if s.enabled}
+    if cfg.zero_shot.tasks:
+        found["zero_shot"] = zero_shot_identity(cfg.zero_shot.tasks, resolve_mirror(mirror))
+    return found
 
 
 # ---------------------------------------------------------------- the run
@@ -226,7 +245,9 @@ class EvalRun:
             results["boolq"] = self.boolq()
         if self.cfg.generation.enabled and self.cfg.generation.prompts:
             results["generations"] = self.generations()
-        results["partial"] = any(results.get(k, {}).get("partial", False) for k in ("wikitext", "boolq"))
+        if self.cfg.zero_shot.tasks:
+            results["zero_shot"] = self.zero_shot()
+        results["partial"] = any(results.get(k, {}).get("partial", False) for k in ("wikitext", "boolq", "zero_shot"))
         results["wall_seconds"] = round(time.time() - start, 2)
         return results
 
@@ -278,6 +299,12 @@ class EvalRun:
                       result.examples, result.accuracy, result.accuracy_stderr, result.majority_baseline,
                       result.yes_rate, " (partial)" if data.partial else "")
         return summary
+
+    def zero_shot(self) -> dict:
+        from ..sources import resolve_mirror
+        from ..zeroshot import run
+
+        return run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.mirror), self.cfg.runtime.batch_size)
 
     def generations(self) -> dict:
         from ..metrics.generation import GenerationSettings, generate_all
@@ -336,7 +363,9 @@ def headline_metrics(results: dict) -> dict:
     picked = {"wikitext_word_perplexity": wt.get("word_perplexity"), "wikitext_byte_perplexity": wt.get("byte_perplexity"),
               "wikitext_bits_per_byte": wt.get("bits_per_byte"), "boolq_accuracy": bq.get("accuracy"),
               "boolq_yes_rate": bq.get("yes_rate"), "boolq_majority_baseline": bq.get("majority_baseline")}
-    return {k: v for k, v in picked.items() if v is not None}
+    from ..zeroshot import headline
+
+    return {**{k: v for k, v in picked.items() if v is not None}, **headline(results.get("zero_shot"))}
 
 
 # ---------------------------------------------------------------- report
@@ -377,6 +406,9 @@ def render_report(results: dict) -> str:
                   f"- accuracy {bq['accuracy']:.4f} ± {bq['accuracy_stderr']:.4f}",
                   f"- majority-class baseline {bq['majority_baseline']:.4f} (gold yes-rate {bq['gold_yes_rate']:.4f})",
                   f"- model yes-rate {bq['yes_rate']:.4f}", "", bias_note(bq)]
+    from ..zeroshot import report_lines
+
+    lines += report_lines(results.get("zero_shot"))
     gen = results.get("generations")
     if gen:
         lines += ["", "## Generations", "", f"- {gen['count']} generations from {gen['prompts']} prompts: `generations.jsonl`"]
@@ -408,6 +440,9 @@ def closing_summary(results: dict, out: Path) -> str:
                      f"{lo:.0%}-{hi:.0%}; majority {bq['majority_baseline']:.2%}, yes-rate {bq['yes_rate']:.2%})")
     if "generations" in results:
         lines.append(f"   💬 Generations: {results['generations']['count']} -> {out / 'generations.jsonl'}")
+    for name, r in (results.get("zero_shot") or {}).get("tasks", {}).items():
+        lines.append(f"   🧩 {name}: acc {r['acc']:.2%} ± {r['acc_stderr'] or 0:.2%} (chance {r['chance']:.0%})"
+                     + (" — within 2 stderr of chance" if r["near_chance"] else ""))
     lines.append(f"   ⏱️  Duration: {results['wall_seconds']:.1f} s")
     lines.append(f"   📁 Results: {out / 'results.json'}, {out / 'report.md'}")
     return "\n".join(lines)
