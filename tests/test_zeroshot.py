@@ -147,3 +147,27 @@ def test_eval_sft_runs_the_same_suite_from_its_config(tmp_path, tiny_base_model,
     tasks = json.loads(out.read_text())["zero_shot"]["tasks"]
     assert list(tasks) == ["copa", "winogrande"] and tasks["copa"]["chance"] == 0.5
     assert "## Zero-shot tasks" in (out.parent / "report.md").read_text()
+
+
+def test_report_table_puts_pretrain_and_sft_side_by_side(tmp_path, tiny_base_model, tiny_tokenizer, task_mirror):
+    """REPORT.md's evaluation table from real eval and eval-sft outputs of the same tasks."""
+    pytest.importorskip("lm_eval")
+    from lmforge.report import write_report
+
+    run = tmp_path / "run"
+    common = ["--model_path", str(tiny_base_model), "--tokenizer_path", str(tiny_tokenizer), "--mirror",
+              str(task_mirror), "--tasks", "piqa,copa", "--log-level", "WARNING"]
+    assert cli_main(["eval", "--output_dir", str(run / "evaluation_results/pretrain/tiny"), "--device", "cpu",
+                     *common, *OFF]) == 0
+    assert cli_main(["eval-sft", "--config", str(ROOT / "config/quickstart/sft_eval.json"), "--output_file",
+                     str(run / "evaluation_results/sft/tiny/results.json"), "--set", "sft_perplexity.enabled=false",
+                     "--set", "boolq.enabled=false", "--set", "smoke.enabled=false", *common]) == 0
+    text = write_report(run).read_text()
+    assert "## Evaluation: all tasks, pretrain against SFT" in text
+    pre = json.loads((run / "evaluation_results/pretrain/tiny/results.json").read_text())["zero_shot"]["tasks"]
+    row = next(line for line in text.splitlines() if line.startswith("| piqa | acc |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "0.500" and cells[3].startswith(f"{pre['piqa']['acc']:.4f} ± ")
+    assert cells[3].endswith("(≈ chance)") == pre["piqa"]["near_chance"] and cells[4] != "-"
+    assert any(line.startswith("| piqa | acc_norm |") for line in text.splitlines())
+    assert not any(line.startswith("| copa | acc_norm |") for line in text.splitlines())

@@ -300,6 +300,7 @@ def machine_section() -> list[str]:
 
 def build_report(run_dir: Path) -> str:
     from . import verify
+    from .evaluation_report import evaluation_section
     from .pipeline import RUN_FILE
 
     record = _read_json(run_dir / RUN_FILE) or {}
@@ -311,6 +312,7 @@ def build_report(run_dir: Path) -> str:
              f"- generated: {time.strftime('%Y-%m-%d %H:%M:%S %z')} (`lmforge report {run_dir}` regenerates it)", ""]
     lines += stages_section(record, by_stage)
     lines += metrics_section(by_stage, metric_rows, run_dir)
+    lines += evaluation_section(by_stage, run_dir)  # lmforge.evaluation_report: all tasks, chance, decontamination
     lines += ["## Training curves", ""]
     plots_dir = run_dir / PLOTS
     for stage, rows in metric_rows.items():
