@@ -105,8 +105,9 @@ def test_planted_test_page_is_dropped_and_counted(tmp_path, planted, eval_mirror
     assert not any("Vell" in t or "skillet" in t for t in fig["_texts"])
     assert d["mode"] == "drop" and d["ngram"] == 13
     assert d["documents_dropped"] == d["contaminated_documents"] == 2 and d["documents_checked"] == 8
-    assert d["sources"]["local"] == {"checked": 8, "contaminated": 2, "dropped": 2,
-                                     "by_eval_set": {"piqa": 1, "wikitext2_test": 1}}
+    src = d["sources"]["local"]
+    assert src.pop("examples")[0].startswith("Intro to a long article. History. THE HARBOUR OF VELL")
+    assert src == {"checked": 8, "contaminated": 2, "dropped": 2, "by_eval_set": {"piqa": 1, "wikitext2_test": 1}}
     wiki = d["eval_sets"]["wikitext2_test"]
     assert wiki["items"] == 2 and wiki["items_touched"] == 1 and wiki["touched"] == [PAGE_TITLE]
     assert d["eval_sets"]["piqa"]["items_touched"] == 1

@@ -354,12 +354,15 @@ class Tally:
     dropped: int = 0
     by_eval_set: dict = field(default_factory=dict)   # set name -> contaminated documents
     items: list = field(default_factory=list)         # item numbers touched (sorted, unique)
+    examples: list = field(default_factory=list)      # the first contaminated documents' openings
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Tally":
         return cls(**(data or {}))
 
-    def record(self, index: NgramIndex, hit: np.ndarray, dropped: bool) -> None:
+    def record(self, index: NgramIndex, hit: np.ndarray, dropped: bool, text: str = "") -> None:
+        if len(self.examples) < TOUCHED_LISTED:
+            self.examples.append(" ".join(text[:80].split()))
         self.contaminated += 1
         self.dropped += int(dropped)
         for name in index.sets_of(hit):
@@ -368,7 +371,8 @@ class Tally:
 
     def to_dict(self) -> dict:
         return {"checked": self.checked, "contaminated": self.contaminated, "dropped": self.dropped,
-                "by_eval_set": dict(sorted(self.by_eval_set.items())), "items": self.items}
+                "by_eval_set": dict(sorted(self.by_eval_set.items())), "items": self.items,
+                "examples": self.examples}
 
 
 def screen(index: NgramIndex | None, mode: str, tally: Tally, text: str) -> bool:
@@ -379,7 +383,7 @@ def screen(index: NgramIndex | None, mode: str, tally: Tally, text: str) -> bool
     hit = index.check(text)
     if hit is None:
         return False
-    tally.record(index, hit, dropped=mode == "drop")
+    tally.record(index, hit, dropped=mode == "drop", text=text)
     return mode == "drop"
 
 
