@@ -77,8 +77,12 @@ def task_data(task: ZeroShotTask, mirror: Path | None) -> dict:
     try:
         files = mirror_files(mirror, task.hub_id, task.config, task.split)
     except DataError as exc:
-        raise DataError(f"zero-shot task {task.name}: its dataset {task.hub_id} (config {task.config or 'none'}, "
-                        f"split {task.split}) is missing from the mirror: {exc}") from None
+        base = mirror / task.hub_id
+        searched = ([base / task.config / task.split, base / task.config] if task.config else []) + \
+            [base / task.split, base]
+        raise DataError(f"zero-shot task {task.name}: dataset {task.hub_id} (config {task.config or 'none'}, "
+                        f"split {task.split}) not found in the mirror; searched "
+                        f"{', '.join(str(p) for p in searched)} ({exc})") from None
     builder = "parquet" if all(f.endswith(".parquet") for f in files) else "json"
     entry = {"task": task.name, "dataset_path": builder, "dataset_name": None,
              "dataset_kwargs": {"data_files": {task.split: files}},

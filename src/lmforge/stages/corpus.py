@@ -80,4 +80,6 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
         "total_tokens": human_count(total),
         "token_counting": "exact (tokenizer)" if cfg.tokenizer_dir else "estimated (chars/4)",
         "estimated_shards": str(max(1, math.ceil(total / pp.shard_max_tokens))),
+        "decontamination": (f"{cfg.decontamination.mode}, {cfg.decontamination.ngram}-grams vs "
+                            f"{', '.join(cfg.decontamination.eval_sets)}" if cfg.decontamination.mode != "off" else "off"),
     }

@@ -146,13 +146,13 @@ def main(args) -> int:
     from ..sources import resolve_mirror
     from ..zeroshot import data_identity, preflight
 
+    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
     if cfg.zero_shot.tasks:
         config_dict["_zero_shot_data"] = data_identity(cfg.zero_shot.tasks, resolve_mirror(args.mirror))
     inputs = {"model": args.model_path, "tokenizer": args.tokenizer_path}
     if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
         log.info("%s: up to date, skipping (use --force to redo)", out)
         return 0
-    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before loading
     loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
     prepare_output_dir(out)
     run = SFTEvalRun(cfg, loaded, args, out)

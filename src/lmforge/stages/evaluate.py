@@ -189,17 +189,18 @@ def main(args: argparse.Namespace) -> int:
     from ..log import get_logger
 
     log = get_logger(__name__)
+    from ..sources import resolve_mirror
+    from ..zeroshot import preflight
+
     cfg = build_config(args)
+    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
     config_dict = {**to_dict(cfg), "_data": data_identity(cfg, args.mirror)}
     inputs = {"model": args.model_path, "tokenizer": args.tokenizer_path}
     if not args.force and is_up_to_date(args.output_dir, STAGE, config_dict, inputs):
         log.info("%s: up to date, skipping (use --force to redo)", args.output_dir)
         return 0
     from ..model_io import load_for_eval
-    from ..sources import resolve_mirror
-    from ..zeroshot import preflight
 
-    preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before loading
     loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device,
                            dtype=cfg.runtime.dtype, max_length=cfg.runtime.max_length)
     out = prepare_output_dir(args.output_dir)
