@@ -171,3 +171,31 @@ def test_report_table_puts_pretrain_and_sft_side_by_side(tmp_path, tiny_base_mod
     assert cells[3].endswith("(≈ chance)") == pre["piqa"]["near_chance"] and cells[4] != "-"
     assert any(line.startswith("| piqa | acc_norm |") for line in text.splitlines())
     assert not any(line.startswith("| copa | acc_norm |") for line in text.splitlines())
+
+
+def test_in_process_scores_equal_the_harness_loading_the_model_itself(suite_run, tiny_base_model, tiny_tokenizer,
+                                                                      task_mirror):
+    """Wrapping the already-loaded model changes nothing: the harness's own `hf` model, loading the same
+    directory, gives the same log-likelihood for every choice of every document."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lmforge.sources import resolve_mirror
+    from lmforge.zeroshot import ZeroShotSettings, preflight
+
+    entries = preflight(ZeroShotSettings(tasks=list(TASKS)), resolve_mirror(str(task_mirror)))
+    root = Path(lm_eval.__file__).parent / "tasks"
+    manager = TaskManager(include_defaults=False, include_path=sorted({str(root / t.task_dir) for t in TASKS.values()}))
+    theirs = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": str(tiny_base_model), "tokenizer": str(tiny_tokenizer),
+                                "dtype": "float32"},
+        tasks=[{"group": "parity", "task": entries}], task_manager=manager, batch_size=8, device="cpu",
+        log_samples=True, bootstrap_iters=0)
+    mine = [json.loads(line) for line in (suite_run / "zero_shot_items.jsonl").read_text().splitlines()]
+    assert len(mine) == sum(len(theirs["samples"][t]) for t in TASKS) == 18
+    by_key = {(r["task"], r["doc_id"]): r for r in mine}
+    for task in TASKS:
+        for sample in theirs["samples"][task]:
+            row = by_key[(task, sample["doc_id"])]
+            assert row["loglikelihoods"] == pytest.approx([r[0][0] for r in sample["resps"]], rel=1e-5), task
+            assert row["acc"] == sample["acc"], task

@@ -130,13 +130,28 @@ def run(loaded, settings: ZeroShotSettings, mirror: Path | None, batch_size: int
         raise DataError(f"lm-evaluation-harness could not score {', '.join(settings.tasks)}: "
                         f"{type(exc).__name__}: {exc} (are the mirror files in the hub schema?)") from None
     results = {name: summarise(name, out, settings.limit, mirror) for name in settings.tasks}
+    items = [item_row(name, sample) for name in settings.tasks for sample in out["samples"][name]]
     for name, r in results.items():
         log.info("%s: acc %.4f ± %.4f (chance %.3f)%s%s", name, r["acc"], r["acc_stderr"] or 0.0, r["chance"],
                  f", acc_norm {r['acc_norm']:.4f}" if "acc_norm" in r else "",
                  "  [within 2 stderr of chance]" if r["near_chance"] else "")
     return {"tasks": results, "harness_version": getattr(lm_eval, "__version__", "unknown"),
             "num_fewshot": 0, "limit": settings.limit, "max_length": loaded.max_length,
-            "partial": any(r["partial"] for r in results.values()), "seconds": round(time.time() - started, 2)}
+            "partial": any(r["partial"] for r in results.values()), "seconds": round(time.time() - started, 2),
+            "items": items}
+
+
+def item_row(task: str, sample: dict) -> dict:
+    """One scored document for zero_shot_items.jsonl: the harness's log-likelihood per choice and its verdicts."""
+    row = {"task": task, "doc_id": sample["doc_id"], "target": sample.get("target"),
+           "loglikelihoods": [float(resp[0][0]) for resp in sample["resps"]]}
+    row.update({m: sample[m] for m in sample.get("metrics", []) if isinstance(sample.get(m), (int, float))})
+    return row
+
+
+def split_items(zero_shot: dict) -> list[dict]:
+    """Take the per-document rows out of a run's result (they go to their own file, not results.json)."""
+    return zero_shot.pop("items", [])
 
 
 def _number(value) -> float | None:

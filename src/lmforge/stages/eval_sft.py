@@ -187,10 +187,11 @@ class SFTEvalRun:
             results["smoke"] = self.smoke()
         if self.cfg.zero_shot.tasks:
             from ..sources import resolve_mirror
-            from ..zeroshot import run
+            from ..zeroshot import run, split_items
 
             results["zero_shot"] = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.args.mirror),
                                        self.cfg.runtime.batch_size)
+            self.tables["zero_shot_items.jsonl"] = split_items(results["zero_shot"])
         results["pretrain_comparison"] = self.compare_with_pretrain(results)
         results["partial"] = any(isinstance(v, dict) and v.get("partial") for v in results.values())
         results["wall_seconds"] = round(time.time() - start, 2)

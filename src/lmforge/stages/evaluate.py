@@ -38,7 +38,7 @@ from ..zeroshot import ZeroShotSettings
 
 DEFAULT_CONFIG = "config/evaluation/pretrain_standard.json"
 STAGE = "eval"
-TABLE_NAMES = ("wikitext_docs.jsonl", "boolq_items.jsonl", "generations.jsonl")
+TABLE_NAMES = ("wikitext_docs.jsonl", "boolq_items.jsonl", "generations.jsonl", "zero_shot_items.jsonl")
 
 
 # ---------------------------------------------------------------- config
@@ -303,9 +303,11 @@ class EvalRun:
 
     def zero_shot(self) -> dict:
         from ..sources import resolve_mirror
-        from ..zeroshot import run
+        from ..zeroshot import run, split_items
 
-        return run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.mirror), self.cfg.runtime.batch_size)
+        result = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.mirror), self.cfg.runtime.batch_size)
+        self.tables["zero_shot_items.jsonl"] = split_items(result)
+        return result
 
     def generations(self) -> dict:
         from ..metrics.generation import GenerationSettings, generate_all
