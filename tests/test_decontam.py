@@ -205,3 +205,19 @@ def test_real_mirror_wikipedia_sample(tmp_path, mirror):
     assert d["documents_dropped"] == 5
     assert d["eval_sets"]["wikitext2_test"]["items_touched"] == 1
     assert d["eval_sets"]["boolq_validation"]["items_touched"] == 3
+
+
+def test_counts_survive_the_cache_and_a_mode_change_rebuilds_it(tmp_path, planted, eval_mirror):
+    out = tmp_path / "cached"
+
+    def build(mode: str) -> dict:
+        assert cli_main(["corpus", "--config", corpus_config(tmp_path, planted, mode), "--output-dir", str(out),
+                         "--mirror", str(eval_mirror), "--use-cache", "--force", "--log-level", "WARNING"]) == 0
+        return load_manifest(out, "corpus")["figures"]
+
+    first = build("drop")
+    again = build("drop")  # every source from its cache: the counts come from the saved state
+    assert again["decontamination"]["sources"] == first["decontamination"]["sources"]
+    assert again["decontamination"]["eval_sets"] == first["decontamination"]["eval_sets"]
+    assert again["documents"] == 6
+    assert build("report")["documents"] == 8  # another mode: the cache is not reused
