@@ -117,6 +117,11 @@ def test_planted_test_page_is_dropped_and_counted(tmp_path, planted, eval_mirror
     # sets that the mirror lacks are listed, not fatal
     assert "hellaswag" in d["missing"] and "Rowan/hellaswag" in d["missing"]["hellaswag"]
     assert "2 contaminated documents, 2 dropped" in capsys.readouterr().out
+    from lmforge.report import write_report
+
+    report = write_report(tmp_path).read_text()  # REPORT.md's evaluation section names it too
+    assert "`out_drop` (corpus, drop, 13-grams): 2 contaminated documents (2 dropped); per source: local 2/8" in report
+    assert "wikitext2_test 1/2 items (1 documents)" in report
 
 
 def test_report_mode_counts_but_keeps(tmp_path, planted, eval_mirror):

@@ -33,13 +33,13 @@ def test_table_marks_scores_near_their_baseline():
 def test_decontamination_lines_per_artifact():
     block = {"mode": "drop", "ngram": 13, "contaminated_documents": 5, "documents_dropped": 5,
              "sources": {"wikipedia": {"checked": 4863, "contaminated": 5}},
-             "eval_sets": {"wikitext2_test": {"items_touched": 1, "items_checked": 62},
+             "eval_sets": {"wikitext2_test": {"items_touched": 1, "items_checked": 62, "contaminated_documents": 1},
                            "sft_eval_prompts": {"items_touched": 0, "items_checked": 0}},
              "missing": {"piqa": "not in the mirror"}}
     by_stage = {"corpus": [(Path("runs/x/corpus"), {"figures": {"decontamination": block}}),
                            (Path("runs/x/tok_corpus"), {"figures": {"decontamination": {"mode": "off"}}})]}
     lines = decontamination_lines(by_stage)
     assert lines[0].startswith("- `corpus` (corpus, drop, 13-grams): 5 contaminated documents (5 dropped)")
-    assert "wikipedia 5/4863" in lines[0] and "wikitext2_test 1/62" in lines[0] and "sft_eval_prompts" not in lines[0]
+    assert "wikipedia 5/4863" in lines[0] and "wikitext2_test 1/62 items (1 documents)" in lines[0] and "sft_eval_prompts" not in lines[0]
     assert "not checked (missing): piqa" in lines[0]
     assert lines[1] == "- `tok_corpus` (corpus): decontamination off"

@@ -109,12 +109,13 @@ def decontamination_lines(by_stage: dict) -> list[str]:
                 lines.append(f"- `{path.name}` ({stage}): decontamination off")
                 continue
             per_source = ", ".join(f"{name} {s['contaminated']}/{s['checked']}" for name, s in block["sources"].items())
-            touched = ", ".join(f"{name} {s['items_touched']}/{s['items_checked']}"
+            touched = ", ".join(f"{name} {s['items_touched']}/{s['items_checked']} items "
+                                f"({s.get('contaminated_documents', 0)} documents)"
                                 for name, s in block["eval_sets"].items() if s["items_checked"])
             lines.append(f"- `{path.name}` ({stage}, {block['mode']}, {block['ngram']}-grams): "
                          f"{block['contaminated_documents']:,} contaminated documents "
                          f"({block['documents_dropped']:,} dropped); per source: {per_source or 'none'}; "
-                         f"evaluation items touched: {touched or 'none'}"
+                         f"evaluation items touched: {touched or 'none checked'}"
                          + (f"; not checked (missing): {', '.join(block['missing'])}" if block["missing"] else ""))
     return lines
 
