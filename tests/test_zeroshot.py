@@ -199,3 +199,16 @@ def test_in_process_scores_equal_the_harness_loading_the_model_itself(suite_run,
             row = by_key[(task, sample["doc_id"])]
             assert row["loglikelihoods"] == pytest.approx([r[0][0] for r in sample["resps"]], rel=1e-5), task
             assert row["acc"] == sample["acc"], task
+
+
+def test_task_data_in_the_wrong_schema_is_one_clear_error(tmp_path, tiny_base_model, tiny_tokenizer, capsys):
+    pytest.importorskip("lm_eval")
+    bad = tmp_path / "mirror/baber/piqa/validation/data.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({"question": "no goal field here", "sol1": "a", "sol2": "b", "label": 0}) + "\n")
+    rc = cli_main(["eval", "--model_path", str(tiny_base_model), "--tokenizer_path", str(tiny_tokenizer),
+                   "--output_dir", str(tmp_path / "out"), "--mirror", str(tmp_path / "mirror"), "--tasks", "piqa",
+                   "--device", "cpu", *OFF])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "'goal' is undefined" in err and "hub schema" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()

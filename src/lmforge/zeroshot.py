@@ -122,17 +122,21 @@ def run(loaded, settings: ZeroShotSettings, mirror: Path | None, batch_size: int
     manager = TaskManager(include_defaults=False, include_path=folders)
     model = HFLM(pretrained=loaded.model, tokenizer=loaded.encoder.hf, batch_size=batch_size,
                  max_length=loaded.max_length)
+    from jinja2.exceptions import UndefinedError  # lm_eval's prompt templates are jinja2
+
     try:
         out = lm_eval.simple_evaluate(model=model, tasks=[{"group": GROUP, "task": entries}], task_manager=manager,
                                       limit=settings.limit, log_samples=True, num_fewshot=0,
                                       bootstrap_iters=settings.bootstrap_iters)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # a task file's field missing from the data
+    except (FileNotFoundError, ValueError, KeyError, TypeError, IndexError, UndefinedError) as exc:
+        # What the harness raises when a record lacks a field its task file reads (a file not in the hub schema).
         raise DataError(f"lm-evaluation-harness could not score {', '.join(settings.tasks)}: "
-                        f"{type(exc).__name__}: {exc} (are the mirror files in the hub schema?)") from None
+                        f"{type(exc).__name__}: {exc} (are the mirror files in the dataset's hub schema?)") from None
     results = {name: summarise(name, out, settings.limit, mirror) for name in settings.tasks}
     items = [item_row(name, sample) for name in settings.tasks for sample in out["samples"][name]]
     for name, r in results.items():
-        log.info("%s: acc %.4f ± %.4f (chance %.3f)%s%s", name, r["acc"], r["acc_stderr"] or 0.0, r["chance"],
+        log.info("%s: acc %.4f ± %.4f (chance %.3f)%s%s", name, r["acc"] if r["acc"] is not None else math.nan,
+                 r["acc_stderr"] or 0.0, r["chance"],
                  f", acc_norm {r['acc_norm']:.4f}" if "acc_norm" in r else "",
                  "  [within 2 stderr of chance]" if r["near_chance"] else "")
     return {"tasks": results, "harness_version": getattr(lm_eval, "__version__", "unknown"),
