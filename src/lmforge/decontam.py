@@ -43,7 +43,6 @@ from .log import get_logger
 
 log = get_logger(__name__)
 
-MODES = ("drop", "report", "off")
 BASE_SETS = ("wikitext2_test", "boolq_validation", "sft_eval_prompts", "zero_shot")
 DEFAULT_SFT_EVAL_CONFIG = "config/evaluation/sft_standard.json"
 TOUCHED_LISTED = 25  # touched items named in the manifest per evaluation set (the count is always exact)

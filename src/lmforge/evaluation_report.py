@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .zeroshot import near_chance
-
 NOT_SIGNAL = "≈ chance"
 
 
