@@ -146,5 +146,7 @@ def config_record(cfg: CorpusConfig, counter: TokenCounter) -> dict:
     """The resolved config as stored in the manifest (and compared for up-to-date checks)."""
     described = counter.describe()
     described.pop("tokenizer_dir", None)  # the same tokenizer elsewhere is the same counter
-    return {"corpus": to_dict(cfg), "budgets": {s.name: cfg.budget(s) for s in cfg.sources},
-            "token_counter": described}
+    corpus = to_dict(cfg)
+    if cfg.decontamination.mode == "off":
+        corpus.pop("decontamination")  # as before the check existed: corpora built then stay up to date
+    return {"corpus": corpus, "budgets": {s.name: cfg.budget(s) for s in cfg.sources}, "token_counter": described}

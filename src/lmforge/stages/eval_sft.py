@@ -141,6 +141,8 @@ def main(args) -> int:
     output_file = Path(args.output_file)
     out = output_file.parent
     config_dict = to_dict(cfg)
+    if not cfg.zero_shot.tasks:
+        config_dict.pop("zero_shot")  # as before the suite existed: results computed then stay up to date
     config_dict["_mirror"] = str(args.mirror) if args.mirror else None
     config_dict["_output_file"] = output_file.name
     from ..sources import resolve_mirror

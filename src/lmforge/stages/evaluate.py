@@ -195,6 +195,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
     config_dict = {**to_dict(cfg), "_data": data_identity(cfg, args.mirror)}
+    if not cfg.zero_shot.tasks:
+        config_dict.pop("zero_shot")  # as before the suite existed: results computed then stay up to date
     inputs = {"model": args.model_path, "tokenizer": args.tokenizer_path}
     if not args.force and is_up_to_date(args.output_dir, STAGE, config_dict, inputs):
         log.info("%s: up to date, skipping (use --force to redo)", args.output_dir)

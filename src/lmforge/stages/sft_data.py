@@ -93,6 +93,8 @@ def main(args) -> int:
     config_dict = {**to_dict(cfg), "_data": data_fingerprint(
         hub=(cfg.source.hub_id, cfg.source.hub_config, cfg.source.split) if cfg.source.hub_id else None,
         files=cfg.source.files, mirror=args.mirror)}
+    if cfg.decontamination.mode == "off":
+        config_dict.pop("decontamination")  # as before the check existed: data built then stay up to date
     inputs = {"tokenizer": args.tokenizer_dir}
     if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
         log.info("%s is up to date, skipping (use --force to redo)", out)
