@@ -171,3 +171,59 @@ def test_chat_template_reproduces_training_ids(trained):
         encode_conversation(tok, messages).ids
     assert list(hf.apply_chat_template(messages[:2], tokenize=True, add_generation_prompt=True,
                                        return_dict=False)) == encode_prompt(tok, messages[:2])
+
+
+def messages_of(tok, ids) -> list[dict]:
+    """The conversation behind stored SFT ids: each <|im_start|> ... <|im_end|> block decoded as role\\ncontent."""
+    messages, rest = [], list(ids[1:])  # ids[0] is <s>
+    while rest:
+        assert rest[0] == tok.im_start_id
+        end = rest.index(tok.im_end_id)
+        role, content = tok.decode(rest[1:end]).split("\n", 1)
+        messages.append({"role": role, "content": content})
+        rest = rest[end + 1 + len(tok.encode("\n")):]
+    return messages
+
+
+def test_chat_template_reproduces_every_stored_training_example(setup, trained):
+    """Issue 16: the template in final/ (and in the tokenizer dir) gives the very ids sft-data stored."""
+    from transformers import AutoTokenizer
+
+    from lmforge.sft_dataset import SFTSplit
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(setup["tok"])
+    templates = [AutoTokenizer.from_pretrained(d) for d in (trained / "final", setup["tok"])]
+    assert templates[0].chat_template == templates[1].chat_template
+    checked = 0
+    for data_dir in setup["data"]:
+        for split in ("train", "val"):
+            stored = SFTSplit(data_dir, split)
+            for i in range(len(stored)):
+                ids = stored[i][0].tolist()
+                messages = messages_of(tok, ids)
+                for hf in templates:
+                    assert list(hf.apply_chat_template(messages, tokenize=True, return_dict=False)) == ids
+                checked += 1
+    assert checked >= 50  # every example of both datasets, both splits
+
+
+def test_generate_stops_at_im_end_and_context_is_the_models(trained):
+    """generation_config.json stops on <|im_end|>: a reply that closes its turn ends there."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = trained / "final"
+    model, hf = AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    assert model.generation_config.eos_token_id == [2, 5]
+    assert hf.model_max_length == model.config.max_position_embeddings == 512
+    prompt = hf.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                    return_tensors="pt", return_dict=True)
+    # Make <|im_end|> the model's choice at the first step; the saved config alone must stop generation there.
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False, sequence_bias={(5,): 100.0})
+    assert out[0, prompt["input_ids"].shape[1]:].tolist() == [5]
+    with torch.no_grad():  # what the old config (</s> only) did: run on to max_new_tokens
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False, sequence_bias={(5,): 100.0},
+                             eos_token_id=2)
+    assert out[0, prompt["input_ids"].shape[1]:].tolist() == [5] * 12

@@ -218,6 +218,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
 
     from ..data_loader import PackedBatches, eval_batches
     from ..model import build_model, choose_attention, flops_per_token, quiet_transformers
+    from ..model_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
     from ..training import CheckpointMeta, make_accelerator, run_training
 
     quiet_transformers()
@@ -231,11 +232,13 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
         prepare_output_dir(plan.run_dir)
         if args.force and resume_from is None:
             clear_run_dir(plan.run_dir)
+        prepare_run_tokenizer(args.tokenizer_dir, plan.run_dir, plan.arch.max_position_embeddings)
     accelerator.wait_for_everyone()
 
     set_seed(t.seed)
     attn, why = choose_attention(accelerator.device.type)
     model = build_model(plan.arch, plan.tokenizer.vocab_size, seed=t.seed, attn_implementation=attn)
+    set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
         announce(plan, figures, attn, why, accelerator)
@@ -244,7 +247,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
                             world=accelerator.num_processes, seed=t.seed)
     evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches, micro_batch=t.per_device_batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes)
-    meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(args.tokenizer_dir),
+    meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer.sha256, inputs=plan.inputs,
                           extra_figures={"parameters": figures["parameters"], "attention": attn,
                                          "tokens_per_step": figures["tokens_per_step"],

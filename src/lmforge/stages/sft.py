@@ -38,7 +38,6 @@ from ..training import TrainingConfig, scaled_warmup  # light: the loop's heavy 
 log = get_logger(__name__)
 STAGE = "sft"
 ADAPTER_DIR = "adapter"
-RUN_TOKENIZER_DIR = "tokenizer"
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -157,43 +156,18 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     return get_peft_model(base, config)
 
 
-def set_chat_template(model_dir: Path) -> None:
-    """Put the ChatML template (the one the SFT data used, BOS included) in tokenizer_config.json."""
-    from ..artifacts import atomic_write_json
-    from ..chatml import CHAT_TEMPLATE
-
-    path = model_dir / "tokenizer_config.json"
-    config = read_json(path, "tokenizer config") if path.is_file() else {}
-    config["chat_template"] = CHAT_TEMPLATE
-    atomic_write_json(path, config)
-
-
-def prepare_run_tokenizer(tokenizer_dir: str, out: Path) -> Path:
-    """<output_dir>/tokenizer/: the tokenizer files plus the ChatML chat template.
-
-    The training loop copies this directory's files into every step_N/ and final/, so
-    each saved model carries the template its SFT data was rendered with.
-    """
-    from ..artifacts import atomic_path
-    from ..tokenizer import copy_tokenizer_files
-
-    target = out / RUN_TOKENIZER_DIR
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
-        copy_tokenizer_files(tokenizer_dir, tmp)
-        set_chat_template(tmp)
-    return target
-
-
 def export_final(model, out_dir: Path) -> None:
     """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer)."""
     import copy
+
+    from ..model_files import set_chat_generation
 
     out_dir = Path(out_dir)
     # The adapter lives in a subfolder: an adapter_config.json at the top makes
     # transformers load the directory as that adapter over its original base path.
     model.save_pretrained(out_dir / ADAPTER_DIR, safe_serialization=True)
     merged = copy.deepcopy(model).merge_and_unload()
+    set_chat_generation(merged)
     merged.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -215,6 +189,7 @@ def train(args, plan: Plan) -> int:
 
     from ..artifacts import prepare_output_dir
     from ..model import quiet_transformers
+    from ..model_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
     from ..sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
     from ..tokenizer import SPECIAL_TOKENS
     from ..training import CheckpointMeta, make_accelerator, run_training
@@ -230,7 +205,7 @@ def train(args, plan: Plan) -> int:
         prepare_output_dir(out)
         if args.force and resume_from is None:
             clear_run_dir(out)
-        prepare_run_tokenizer(args.tokenizer_path, out)
+        prepare_run_tokenizer(args.tokenizer_path, out, model_context(args.model_path))
     accelerator.wait_for_everyone()
     set_seed(t.seed)  # LoRA's A matrices are initialised at random
     pad_id = SPECIAL_TOKENS["pad"][1]
