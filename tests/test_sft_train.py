@@ -227,3 +227,44 @@ def test_generate_stops_at_im_end_and_context_is_the_models(trained):
         out = model.generate(**prompt, max_new_tokens=12, do_sample=False, sequence_bias={(5,): 100.0},
                              eos_token_id=2)
     assert out[0, prompt["input_ids"].shape[1]:].tolist() == [5] * 12
+
+
+def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatch):
+    """Issue 16: AutoPeftModelForCausalLM from another working directory; lmforge.load_model after `mv`."""
+    import shutil
+    import subprocess
+
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from lmforge import load_model
+    from lmforge.adapter import BASE_FILE
+
+    tree = tmp_path / "tree"
+    shutil.copytree(setup["base"], tree / "checkpoints/pretrain/base/final")
+    monkeypatch.chdir(tmp_path)  # relative paths, as a pipeline file gives them
+    args = sft_args(setup, Path("tree/checkpoints/sft/run"), "--set", "training.max_steps=2",
+                    "--set", "training.save_every=0")
+    args[args.index("--model_path") + 1] = "tree/checkpoints/pretrain/base/final"
+    assert cli(args) == 0
+    adapter = tree / "checkpoints/sft/run/final/adapter"
+    assert json.loads((adapter / BASE_FILE).read_text())["relative_to_adapter"] == "../../../../pretrain/base/final"
+    assert not (adapter / "README.md").exists() or "lmforge" in (adapter / "README.md").read_text()
+    ids = torch.tensor([[1, 4, 60, 70, 80, 5]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(adapter.parent)(ids).logits
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with torch.no_grad():
+        peft_logits = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).merge_and_unload()(ids).logits
+    assert torch.allclose(peft_logits, merged, atol=1e-4)
+
+    subprocess.run(["mv", str(tree), str(tmp_path / "moved")], check=True)
+    moved = tmp_path / "moved/checkpoints/sft/run/final/adapter"
+    model, tok = load_model(moved)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, merged, atol=1e-4)
+    assert tok.sha256 == json.loads((moved / BASE_FILE).read_text())["tokenizer_sha256"]

@@ -156,16 +156,26 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     return get_peft_model(base, config)
 
 
-def export_final(model, out_dir: Path) -> None:
-    """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer)."""
+def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir: Path | None = None,
+                 tokenizer_sha256: str | None = None) -> None:
+    """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer).
+
+    The adapter records its base by absolute path and relative to itself
+    (`lmforge.adapter`), so it loads from any working directory and after a move.
+    """
     import copy
 
+    from ..adapter import record_base
     from ..model_files import set_chat_generation
 
     out_dir = Path(out_dir)
     # The adapter lives in a subfolder: an adapter_config.json at the top makes
     # transformers load the directory as that adapter over its original base path.
     model.save_pretrained(out_dir / ADAPTER_DIR, safe_serialization=True)
+    (out_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty card; lmforge writes its own
+    if base_dir is not None:
+        record_base(out_dir / ADAPTER_DIR, base_dir, tokenizer_sha256=tokenizer_sha256,
+                    final_adapter_dir=(final_dir or out_dir) / ADAPTER_DIR)
     merged = copy.deepcopy(model).merge_and_unload()
     set_chat_generation(merged)
     merged.save_pretrained(out_dir, safe_serialization=True)
@@ -183,6 +193,7 @@ def main(args) -> int:
 
 
 def train(args, plan: Plan) -> int:
+    from functools import partial
     from types import SimpleNamespace
 
     from accelerate.utils import set_seed
@@ -228,7 +239,9 @@ def train(args, plan: Plan) -> int:
                "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout}}
     meta = CheckpointMeta(stage=STAGE, config=plan.config_dict, tokenizer_dir=str(out / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer_sha256, inputs=plan.inputs,
-                          extra_figures=figures, export_final=export_final)
+                          extra_figures=figures,
+                          export_final=partial(export_final, base_dir=args.model_path, final_dir=out / "final",
+                                               tokenizer_sha256=plan.tokenizer_sha256))
     result = run_training(model, batches, eval_batches, t, out, accelerator=accelerator, meta=meta,
                           resume_from=resume_from)
     if accelerator.is_main_process:
