@@ -100,6 +100,9 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
 
     assert hf_model.generation_config.eos_token_id == [2, 5]
     assert tok.chat_template == CHAT_TEMPLATE and tok.model_max_length == ARCH["max_position_embeddings"]
+    card = (final / "README.md").read_text()  # the model card, beside (not in) the manifest
+    assert "library_name: transformers" in card and f"parameters: **{107840:,}**" in card
+    assert manifest["tokenizer_sha256"] in card and "not run yet (`lmforge eval`)" in card
 
     caplog.clear()
     mtime = (final / "model.safetensors").stat().st_mtime_ns

@@ -155,6 +155,11 @@ def test_eval_sft_results(setup, trained, tmp_path, capsys):
     assert [g["case"] for g in gens] == ["capital_france", "primary_colors"]
     assert load_manifest(out_file.parent, "eval-sft")["figures"]["smoke_quality"] == results["smoke"]["quality_score"]
     assert "✅ SFT evaluation complete" in capsys.readouterr().out
+    # Issue 16: the model card now carries these results beside the plan's reference range.
+    card = (trained / "final" / "README.md").read_text()
+    quality = results["smoke"]["quality_score"]
+    assert f"| smoke_quality (eval-sft) | {quality:.4g} | 0.65–0.8 | `{out_file.resolve()}` |" in card
+    assert "not run yet" not in card
 
 
 def test_chat_template_reproduces_training_ids(trained):
@@ -268,3 +273,31 @@ def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatc
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, merged, atol=1e-4)
     assert tok.sha256 == json.loads((moved / BASE_FILE).read_text())["tokenizer_sha256"]
+
+
+def test_model_cards_describe_final_and_adapter(setup, trained):
+    """Issue 16: README.md in final/ and adapter/ with hub metadata, shape, data token counts, sha256, usage."""
+    from transformers import AutoModelForCausalLM
+
+    final = trained / "final"
+    card = (final / "README.md").read_text()
+    manifest = load_manifest(final, "sft")
+    front = card.split("---")[1]
+    for key in ("license: other", "library_name: transformers", f"base_model: {setup['base'].resolve()}",
+                "datasets:", '- "tatsu-lab/alpaca"', "tags:", '- "chatml"'):
+        assert key in front, key
+    n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(final).parameters())
+    assert f"parameters: **{n:,}**" in card
+    assert manifest["tokenizer_sha256"] in card and "AutoModelForCausalLM.from_pretrained" in card
+    for d in setup["data"]:
+        figures = load_manifest(d, "sft-data")["figures"]
+        assert f"train {figures['tokens']['train']:,} (assistant, trained on: {figures['assistant_tokens']['train']:,})" in card
+    assert "| final training loss |" in card and "1.5–2" in card  # the plan's SFT loss range beside ours
+    assert "README.md" not in {o["path"] for o in manifest["outputs"]}  # rewritten by eval: not hashed
+
+    adapter_card = (final / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in adapter_card and f"base_model: {setup['base'].resolve()}" in adapter_card
+    from safetensors.torch import load_file
+
+    lora = sum(t.numel() for t in load_file(final / "adapter" / "adapter_model.safetensors").values())
+    assert f"{lora:,} adapter parameters" in adapter_card and "AutoPeftModelForCausalLM" in adapter_card

@@ -256,6 +256,9 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
                           resume_from=resume_from, flops_per_token=flops_per_token(plan.arch, figures["seq_length"],
                                                                                    plan.tokenizer.vocab_size))
     if main_process:
+        if result.final_dir:
+            from ..model_card import write_cards
+            write_cards(result.final_dir)  # README.md beside (not in) the manifest: eval updates it
         summarise(result, plan)
     return 0
 

@@ -245,6 +245,9 @@ def train(args, plan: Plan) -> int:
     result = run_training(model, batches, eval_batches, t, out, accelerator=accelerator, meta=meta,
                           resume_from=resume_from)
     if accelerator.is_main_process:
+        if result.final_dir:
+            from ..model_card import write_cards
+            write_cards(result.final_dir)  # final/README.md and final/adapter/README.md
         print_summary(plan, result, batches, out)
     return 0
 
