@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from the latest step_N/ of the run folder, or from the given one")
     parser.add_argument("--force", action="store_true", help="start over even if the run is complete or has checkpoints")
+    parser.add_argument("--init_from", "--init-from", dest="init_from", default=None, metavar="MODEL_DIR",
+                        help="start from these weights (same architecture and tokenizer) instead of random ones")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set training.max_steps=100 (repeatable)")
     for name, kind in TRAINING_FLAGS.items():
@@ -128,6 +130,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights}
     inputs = {"tokenizer": str(args.tokenizer_dir)}
+    if getattr(args, "init_from", None):  # checked now, before any output is written
+        from ..init_from import check_shape, check_source, identity as init_identity
+        check_shape(check_source(args.init_from, tokenizer.sha256), arch, tokenizer.vocab_size)
+        identity["init_from"], inputs["init_from"] = init_identity(args.init_from), str(args.init_from)
     inputs.update({("data" if len(packed) == 1 else f"data_{i}"): str(p.path) for i, p in enumerate(packed)})
     return Plan(cfg, arch, arch_path, tokenizer, packed, weights, run_dir, identity, inputs)
 
@@ -239,6 +245,9 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     attn, why = choose_attention(accelerator.device.type)
     model = build_model(plan.arch, plan.tokenizer.vocab_size, seed=t.seed, attn_implementation=attn)
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
+    if getattr(args, "init_from", None):
+        from ..init_from import load_initial_weights
+        load_initial_weights(model, args.init_from)
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
         announce(plan, figures, attn, why, accelerator)
