@@ -254,8 +254,11 @@ def render_card(model_dir: str | os.PathLike) -> str:
     lines += _shape_section(model_dir, parameters)
     lines += _training_section(stage, manifest)
     lines += _data_section(rows)
-    lines += ["## Tokenizer", "", f"SentencePiece BPE, sha256 `{manifest.get('tokenizer_sha256')}` "
-              "(of `spm.model`; every lmforge artifact of this lineage records the same value). Chat format: "
+    external = (manifest.get("figures") or {}).get("external_tokenizer")
+    origin = (f"The base model's own (external) tokenizer from `{external['path']}`, sha256 "
+              f"`{external['sha256']}` (of its tokenizer.json)" if external else
+              f"SentencePiece BPE, sha256 `{manifest.get('tokenizer_sha256')}` (of `spm.model`)")
+    lines += ["## Tokenizer", "", f"{origin}; every artifact of this lineage records the same value. Chat format: "
               "ChatML (`<|im_start|>role\\n...<|im_end|>`), the template in `tokenizer_config.json`.", ""]
     lines += _eval_section(stage, manifest, evaluations)
     lines += LIMITS

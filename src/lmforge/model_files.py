@@ -58,10 +58,13 @@ def set_model_tokenizer_keys(tokenizer_dir: str | os.PathLike, context: int) -> 
 
 def prepare_run_tokenizer(tokenizer_dir: str | os.PathLike, run_dir: str | os.PathLike, context: int) -> Path:
     """<run_dir>/tokenizer/: the tokenizer's files with the model keys above (written atomically)."""
+    from .external import copy_hf_tokenizer_files, is_lmforge_tokenizer
+
     target = Path(run_dir) / RUN_TOKENIZER_DIR
+    copy = copy_tokenizer_files if is_lmforge_tokenizer(tokenizer_dir) else copy_hf_tokenizer_files
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
-        copy_tokenizer_files(tokenizer_dir, tmp)
+        copy(tokenizer_dir, tmp)
         set_model_tokenizer_keys(tmp, context)
     return target
 

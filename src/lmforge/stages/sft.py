@@ -92,20 +92,26 @@ class Plan:
     data_manifests: list[dict]
     config_dict: dict
     inputs: dict[str, str] = field(default_factory=dict)
+    tokenizer: object = None
+    external: dict | None = None  # lmforge.external record when the base model is not lmforge's
 
 
 def resolve(args) -> Plan:
     """Validate config and flags, and check tokenizer lineage across all inputs."""
+    from ..external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
     from ..sft_dataset import STAGE as DATA_STAGE, normalise_weights
-    from ..tokenizer import load_tokenizer
 
     overrides = parse_set_overrides(args.set)
     overrides.update(scaled_warmup(args.config, overrides))
     cfg = load_config(args.config, SFTConfig, overrides)
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    base = load_manifest(args.model_path, ("pretrain", "sft"))
-    check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}",
-                            base.get("tokenizer_sha256"), f"base model {args.model_path}")
+    tokenizer = load_any_tokenizer(args.tokenizer_path)
+    if is_external_model(args.model_path):  # a plain Hugging Face model: its own tokenizer files name it
+        check_external_model(args.model_path)
+        base_sha = hf_tokenizer_sha256(args.model_path)
+    else:
+        base_sha = load_manifest(args.model_path, ("pretrain", "sft")).get("tokenizer_sha256")
+    check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}", base_sha,
+                            f"base model {args.model_path}")
     manifests = []
     for d in args.data_dirs:
         m = load_manifest(d, DATA_STAGE)
@@ -121,7 +127,8 @@ def resolve(args) -> Plan:
     config_dict = {"sft": sft_dict, "data_dirs": [str(d) for d in args.data_dirs], "data_weights": weights}
     inputs = {"base_model": args.model_path, "tokenizer": args.tokenizer_path}
     inputs.update({f"sft_data_{i}": d for i, d in enumerate(args.data_dirs)})
-    return Plan(cfg, tokenizer.sha256, weights, manifests, config_dict, inputs)
+    return Plan(cfg, tokenizer.sha256, weights, manifests, config_dict, inputs, tokenizer,
+                getattr(tokenizer, "record", None))
 
 
 def describe(args) -> dict[str, str]:
@@ -157,7 +164,7 @@ def build_lora_model(model_path: str, lora: LoraSettings):
 
 
 def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir: Path | None = None,
-                 tokenizer_sha256: str | None = None) -> None:
+                 tokenizer_sha256: str | None = None, stop_ids: list[int] | None = None) -> None:
     """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer).
 
     The adapter records its base by absolute path and relative to itself
@@ -177,7 +184,7 @@ def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir
         record_base(out_dir / ADAPTER_DIR, base_dir, tokenizer_sha256=tokenizer_sha256,
                     final_adapter_dir=(final_dir or out_dir) / ADAPTER_DIR)
     merged = copy.deepcopy(model).merge_and_unload()
-    set_chat_generation(merged)
+    set_chat_generation(merged, stop_ids)
     merged.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -202,7 +209,6 @@ def train(args, plan: Plan) -> int:
     from ..model import quiet_transformers
     from ..model_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
     from ..sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
-    from ..tokenizer import SPECIAL_TOKENS
     from ..training import CheckpointMeta, make_accelerator, run_training
     # Resume rules are pretraining's: same config continues by itself, --resume forces, --force restarts.
     from .pretrain import choose_resume, clear_run_dir
@@ -219,7 +225,7 @@ def train(args, plan: Plan) -> int:
         prepare_run_tokenizer(args.tokenizer_path, out, model_context(args.model_path))
     accelerator.wait_for_everyone()
     set_seed(t.seed)  # LoRA's A matrices are initialised at random
-    pad_id = SPECIAL_TOKENS["pad"][1]
+    pad_id = plan.tokenizer.pad_id
     model = build_lora_model(args.model_path, cfg.lora)
     trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
                         sum(p.numel() for p in model.parameters()))
@@ -237,11 +243,14 @@ def train(args, plan: Plan) -> int:
     figures = {"trainable_parameters": trainable, "total_parameters": total, "data_weights": plan.weights,
                "realised_mix": [round(r, 4) for r in batches.mix_after(micro_batches)],
                "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout}}
+    if plan.external:
+        figures["external_tokenizer"] = plan.external  # shown by `lmforge verify` and the model card
     meta = CheckpointMeta(stage=STAGE, config=plan.config_dict, tokenizer_dir=str(out / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer_sha256, inputs=plan.inputs,
                           extra_figures=figures,
                           export_final=partial(export_final, base_dir=args.model_path, final_dir=out / "final",
-                                               tokenizer_sha256=plan.tokenizer_sha256))
+                                               tokenizer_sha256=plan.tokenizer_sha256,
+                                               stop_ids=[plan.tokenizer.eos_id, plan.tokenizer.im_end_id]))
     result = run_training(model, batches, eval_batches, t, out, accelerator=accelerator, meta=meta,
                           resume_from=resume_from)
     if accelerator.is_main_process:
