@@ -96,3 +96,11 @@ def test_refusals_are_one_line(run, tmp_path, tiny_texts, tiny_tokenizer, capsys
     assert cli([*base, "--model_path", str(plain), "--tokenizer_path", str(plain)]) == 2
     assert "no single <|im_start|> token" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_python_api_loads_and_answers_with_the_external_tokenizer(run):
+    from lmforge import load_model, reply
+
+    model, tok = load_model(run["out"] / "final")
+    assert tok.sha256 == sha256_file(run["model"] / "tokenizer.json")
+    assert isinstance(reply(model, tok, "Hello", max_new_tokens=4), str)

@@ -44,11 +44,24 @@ def load_model(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None
     from .tokenizer import MODEL_FILE, load_tokenizer
 
     path = Path(path)
+    tokenizer_dir = Path(tokenizer_path or path)
+    if not is_adapter_dir(path) and not (tokenizer_dir / MODEL_FILE).is_file() and (path / "config.json").is_file():
+        return _load_external(path, tokenizer_dir)  # a model with its own Hugging Face tokenizer
     if not is_adapter_dir(path):
         return load_chat_model(path, tokenizer_path)
     if tokenizer_path is None:
         tokenizer_path = path.parent if (path.parent / MODEL_FILE).is_file() else resolve_base(path)
     return load_adapter_model(path), load_tokenizer(tokenizer_path)
+
+
+def _load_external(model_dir: Path, tokenizer_dir: Path):
+    """A model whose tokenizer is not lmforge's (lmforge.external): the tokenizer is read as is."""
+    from transformers import AutoModelForCausalLM
+
+    from .external import load_external_tokenizer
+
+    tokenizer = load_external_tokenizer(tokenizer_dir)
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval(), tokenizer
 
 
 def reply(model, tokenizer, message: str | Sequence[dict], *, max_new_tokens: int = 128,
