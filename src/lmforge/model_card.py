@@ -173,8 +173,10 @@ def _expected(stage_key: str) -> dict:
     return to_dict(ExpectedRanges())
 
 
-def _range(r) -> str:
-    return f"{r[0]:g}–{r[1]:g}" if r and len(r) == 2 else "–"
+def _range(r, percent: bool = False) -> str:
+    if not r or len(r) != 2:
+        return "–"
+    return f"{r[0]:.0%}–{r[1]:.0%}" if percent else f"{r[0]:g}–{r[1]:g}"
 
 
 def _eval_section(stage: str, manifest: dict, evaluations: dict) -> list[str]:
@@ -191,8 +193,9 @@ def _eval_section(stage: str, manifest: dict, evaluations: dict) -> list[str]:
         source = f"`{record['results']}`" if record.get("results") else f"not run yet (`lmforge {key}`)"
         for name in sorted(set(expected) | set(metrics)):
             value = metrics.get(name)
-            shown = _fmt(value, ".2%") if "accuracy" in name and isinstance(value, float) else _fmt(value, ".4g")
-            lines.append(f"| {name} ({key}) | {shown} | {_range(expected.get(name))} | {source} |")
+            percent = "accuracy" in name
+            shown = _fmt(value, ".2%") if percent and isinstance(value, float) else _fmt(value, ".4g")
+            lines.append(f"| {name} ({key}) | {shown} | {_range(expected.get(name), percent)} | {source} |")
     return lines + [""]
 
 
