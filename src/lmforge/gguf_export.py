@@ -17,8 +17,8 @@ for the `llama` architecture:
 - the tokenizer as llama.cpp's SentencePiece (`llama`) vocabulary: every piece with its
   score and type (normal, control, user-defined for the ChatML markers, byte), the BPE
   merges lmforge's Hugging Face export uses, no space prefix (lmforge tokenizers add
-  none), no automatic BOS/EOS, `</s>` as EOS and `<|im_end|>` as end-of-turn, and the
-  ChatML template of `lmforge.chatml`.
+  none), no automatic BOS/EOS, `<|im_end|>` as end-of-turn and as EOS for a chat (SFT)
+  model (`</s>` for a pretrained one), and the ChatML template of `lmforge.chatml`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,13 @@ def add_model_metadata(writer, config: dict, name: str, quant: str, gguf) -> Non
 
 
 def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
-    """llama.cpp's SentencePiece vocabulary from spm.model (same ids, scores, types, merges)."""
+    """llama.cpp's SentencePiece vocabulary from spm.model (same ids, scores, types, merges).
+
+    GGUF has room for one EOS: a chat (SFT) model's is `<|im_end|>`, where its replies
+    end; a pretrained model's is `</s>`. `<|im_end|>` is the end-of-turn token of both
+    (llama.cpp stops on either); readers that take EOS alone, like transformers, stop
+    where the model's own generation_config.json first says.
+    """
     from .chatml import CHAT_TEMPLATE
     from .tokenizer_hf import bpe_merges, load_proto
 
@@ -128,7 +134,9 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     writer.add_token_merges([f"{left} {right}" for left, right in bpe_merges(proto)])
     ids = {name: idx for name, (_, idx) in SPECIAL_TOKENS.items()}
     writer.add_bos_token_id(ids["bos"])
-    writer.add_eos_token_id(ids["eos"])
+    stage = read_json(model_dir / "manifest.json", "model manifest").get("stage") \
+        if (model_dir / "manifest.json").is_file() else None
+    writer.add_eos_token_id(ids["im_end"] if stage == "sft" else ids["eos"])
     writer.add_eot_token_id(ids["im_end"])  # llama.cpp stops a chat turn here
     writer.add_unk_token_id(ids["unk"])
     writer.add_pad_token_id(ids["pad"])
