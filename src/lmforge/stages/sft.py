@@ -10,9 +10,12 @@ Before anything runs, the tokenizer lineage is checked: the base model's
 tokenizer_sha256, every SFT dataset's and --tokenizer_path's must be equal.
 
 final/ holds the merged model (config.json + model.safetensors, loadable by
-AutoModelForCausalLM), the adapter in final/adapter/ (adapter_config.json,
-adapter_model.safetensors), the tokenizer files with the ChatML chat template, and
-manifest.json (stage "sft").
+AutoModelForCausalLM; generation_config.json stops at </s> and <|im_end|>), the adapter
+in final/adapter/ (adapter_config.json with the base's absolute path, base_model.json
+with its path relative to the adapter, adapter_model.safetensors), the tokenizer files
+with the ChatML chat template, manifest.json (stage "sft"), and model cards
+(README.md in final/ and final/adapter/). --model_path may also be a plain Hugging Face
+Llama directory with its own tokenizer (lmforge.external).
 
 Example:
   accelerate launch --mixed_precision bf16 scripts/70_train_sft.py \\
