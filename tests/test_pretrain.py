@@ -55,7 +55,7 @@ def hf_tokenizer(tmp_path_factory, tiny_texts) -> Path:
         sentence_iterator=iter(tiny_texts), model_prefix=str(out / "spm"), vocab_size=400, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, num_threads=1, minloglevel=2, add_dummy_prefix=False,
         remove_extra_whitespaces=False, normalization_rule_name="identity", **spm_special_token_args())
-    _, keys = export_hf_files(out, model_max_length=64)
+    _, keys = export_hf_files(out, model_max_length=32)  # the packing length, not the context
     digest = sha256_file(out / MODEL_FILE)
     atomic_write_json(out / CONFIG_FILE, {**keys, "sha256_hash": digest, "vocab_size": 400})
     write_manifest(out, "tokenizer", config={"fixture": True}, outputs=[MODEL_FILE, CONFIG_FILE],
@@ -95,6 +95,14 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
         assert torch.allclose(hf_model(ids).logits, ours(ids).logits, atol=1e-5)
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.bos_token == "<s>" and tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
+    # Issue 16: stops at the end of a ChatML turn, the one template, the model's context (not the tokenizer's 32).
+    from lmforge.chatml import CHAT_TEMPLATE
+
+    assert hf_model.generation_config.eos_token_id == [2, 5]
+    assert tok.chat_template == CHAT_TEMPLATE and tok.model_max_length == ARCH["max_position_embeddings"]
+    card = (final / "README.md").read_text()  # the model card, beside (not in) the manifest
+    assert "library_name: transformers" in card and f"parameters: **{107840:,}**" in card
+    assert manifest["tokenizer_sha256"] in card and "not run yet (`lmforge eval`)" in card
 
     caplog.clear()
     mtime = (final / "model.safetensors").stat().st_mtime_ns

@@ -155,6 +155,11 @@ def test_eval_sft_results(setup, trained, tmp_path, capsys):
     assert [g["case"] for g in gens] == ["capital_france", "primary_colors"]
     assert load_manifest(out_file.parent, "eval-sft")["figures"]["smoke_quality"] == results["smoke"]["quality_score"]
     assert "✅ SFT evaluation complete" in capsys.readouterr().out
+    # Issue 16: the model card now carries these results beside the plan's reference range.
+    card = (trained / "final" / "README.md").read_text()
+    quality = results["smoke"]["quality_score"]
+    assert f"| smoke_quality (eval-sft) | {quality:.4g} | 0.65–0.8 | `{out_file.resolve()}` |" in card
+    assert "not run yet" not in card
 
 
 def test_chat_template_reproduces_training_ids(trained):
@@ -171,3 +176,128 @@ def test_chat_template_reproduces_training_ids(trained):
         encode_conversation(tok, messages).ids
     assert list(hf.apply_chat_template(messages[:2], tokenize=True, add_generation_prompt=True,
                                        return_dict=False)) == encode_prompt(tok, messages[:2])
+
+
+def messages_of(tok, ids) -> list[dict]:
+    """The conversation behind stored SFT ids: each <|im_start|> ... <|im_end|> block decoded as role\\ncontent."""
+    messages, rest = [], list(ids[1:])  # ids[0] is <s>
+    while rest:
+        assert rest[0] == tok.im_start_id
+        end = rest.index(tok.im_end_id)
+        role, content = tok.decode(rest[1:end]).split("\n", 1)
+        messages.append({"role": role, "content": content})
+        rest = rest[end + 1 + len(tok.encode("\n")):]
+    return messages
+
+
+def test_chat_template_reproduces_every_stored_training_example(setup, trained):
+    """Issue 16: the template in final/ (and in the tokenizer dir) gives the very ids sft-data stored."""
+    from transformers import AutoTokenizer
+
+    from lmforge.sft_dataset import SFTSplit
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(setup["tok"])
+    templates = [AutoTokenizer.from_pretrained(d) for d in (trained / "final", setup["tok"])]
+    assert templates[0].chat_template == templates[1].chat_template
+    checked = 0
+    for data_dir in setup["data"]:
+        for split in ("train", "val"):
+            stored = SFTSplit(data_dir, split)
+            for i in range(len(stored)):
+                ids = stored[i][0].tolist()
+                messages = messages_of(tok, ids)
+                for hf in templates:
+                    assert list(hf.apply_chat_template(messages, tokenize=True, return_dict=False)) == ids
+                checked += 1
+    assert checked >= 50  # every example of both datasets, both splits
+
+
+def test_generate_stops_at_im_end_and_context_is_the_models(trained):
+    """generation_config.json stops on <|im_end|>: a reply that closes its turn ends there."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = trained / "final"
+    model, hf = AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    assert model.generation_config.eos_token_id == [2, 5]
+    assert hf.model_max_length == model.config.max_position_embeddings == 512
+    prompt = hf.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                    return_tensors="pt", return_dict=True)
+    # Make <|im_end|> the model's choice at the first step; the saved config alone must stop generation there.
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False, sequence_bias={(5,): 100.0})
+    assert out[0, prompt["input_ids"].shape[1]:].tolist() == [5]
+    with torch.no_grad():  # what the old config (</s> only) did: run on to max_new_tokens
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False, sequence_bias={(5,): 100.0},
+                             eos_token_id=2)
+    assert out[0, prompt["input_ids"].shape[1]:].tolist() == [5] * 12
+
+
+def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatch):
+    """Issue 16: AutoPeftModelForCausalLM from another working directory; lmforge.load_model after `mv`."""
+    import shutil
+    import subprocess
+
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from lmforge import load_model
+    from lmforge.adapter import BASE_FILE
+
+    tree = tmp_path / "tree"
+    shutil.copytree(setup["base"], tree / "checkpoints/pretrain/base/final")
+    monkeypatch.chdir(tmp_path)  # relative paths, as a pipeline file gives them
+    args = sft_args(setup, Path("tree/checkpoints/sft/run"), "--set", "training.max_steps=2",
+                    "--set", "training.save_every=0")
+    args[args.index("--model_path") + 1] = "tree/checkpoints/pretrain/base/final"
+    assert cli(args) == 0
+    adapter = tree / "checkpoints/sft/run/final/adapter"
+    assert json.loads((adapter / BASE_FILE).read_text())["relative_to_adapter"] == "../../../../pretrain/base/final"
+    assert not (adapter / "README.md").exists() or "lmforge" in (adapter / "README.md").read_text()
+    ids = torch.tensor([[1, 4, 60, 70, 80, 5]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(adapter.parent)(ids).logits
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with torch.no_grad():
+        peft_logits = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).merge_and_unload()(ids).logits
+    assert torch.allclose(peft_logits, merged, atol=1e-4)
+
+    subprocess.run(["mv", str(tree), str(tmp_path / "moved")], check=True)
+    moved = tmp_path / "moved/checkpoints/sft/run/final/adapter"
+    model, tok = load_model(moved)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, merged, atol=1e-4)
+    assert tok.sha256 == json.loads((moved / BASE_FILE).read_text())["tokenizer_sha256"]
+
+
+def test_model_cards_describe_final_and_adapter(setup, trained):
+    """Issue 16: README.md in final/ and adapter/ with hub metadata, shape, data token counts, sha256, usage."""
+    from transformers import AutoModelForCausalLM
+
+    final = trained / "final"
+    card = (final / "README.md").read_text()
+    manifest = load_manifest(final, "sft")
+    front = card.split("---")[1]
+    for key in ("license: other", "library_name: transformers", f"base_model: {setup['base'].resolve()}",
+                "datasets:", '- "tatsu-lab/alpaca"', "tags:", '- "chatml"'):
+        assert key in front, key
+    n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(final).parameters())
+    assert f"parameters: **{n:,}**" in card
+    assert manifest["tokenizer_sha256"] in card and "AutoModelForCausalLM.from_pretrained" in card
+    for d in setup["data"]:
+        figures = load_manifest(d, "sft-data")["figures"]
+        assert f"train {figures['tokens']['train']:,} (assistant, trained on: {figures['assistant_tokens']['train']:,})" in card
+    assert "| final training loss |" in card and "1.5–2" in card  # the plan's SFT loss range beside ours
+    assert "README.md" not in {o["path"] for o in manifest["outputs"]}  # rewritten by eval: not hashed
+
+    adapter_card = (final / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in adapter_card and f"base_model: {setup['base'].resolve()}" in adapter_card
+    from safetensors.torch import load_file
+
+    lora = sum(t.numel() for t in load_file(final / "adapter" / "adapter_model.safetensors").values())
+    assert f"{lora:,} adapter parameters" in adapter_card and "AutoPeftModelForCausalLM" in adapter_card

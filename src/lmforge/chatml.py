@@ -98,7 +98,7 @@ def encode_conversation(tokenizer, messages: Sequence[Message], max_length: int 
     """
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
-    ids, mask = [tokenizer.bos_id], [0]
+    ids, mask = ([tokenizer.bos_id], [0]) if tokenizer.bos_id is not None else ([], [])  # external: may lack BOS
     # Lengths after each assistant message: the only places a conversation may be cut.
     cut_points: list[int] = []
     for message in messages:
@@ -120,7 +120,7 @@ def encode_conversation(tokenizer, messages: Sequence[Message], max_length: int 
 
 def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
     """Ids for generation: the conversation so far plus the assistant header."""
-    ids = [tokenizer.bos_id]
+    ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     for message in messages:
         ids += _message_pieces(tokenizer, message)[0]
     return ids + [tokenizer.im_start_id, *tokenizer.encode("assistant\n")]

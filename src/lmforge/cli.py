@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("lmforge.stages.sft", "step 8: LoRA fine-tuning on weighted SFT datasets"),
     "eval-sft": ("lmforge.stages.eval_sft", "step 9: SFT perplexity, BoolQ, smoke tests"),
     "chat": ("lmforge.chat", "interactive ChatML chat with a model"),
+    "export": ("lmforge.gguf_export", "export a model for llama.cpp / Ollama (GGUF, f16 or q8_0)"),
     "verify": ("lmforge.verify", "check tokenizer lineage across run directories"),
     "run": ("lmforge.pipeline", "run a whole pipeline file, skipping up-to-date stages"),
     "report": ("lmforge.report", "regenerate REPORT.md for a pipeline run directory"),

@@ -30,17 +30,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .chatml import CHAT_TEMPLATE
 from .errors import ArtifactError
 from .tokenizer import (MODEL_FILE, PIECE_CONTROL, PIECE_NORMAL, PIECE_UNKNOWN, PIECE_USER_DEFINED, SPECIAL_TOKENS,
                         parse_model_proto, verbatim_bpe_problems)
-
-# ChatML: the template lmforge's SFT data and chat use (one message per block).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 def load_proto(model_path: str | os.PathLike):
     """The ModelProto of a SentencePiece model file."""
@@ -106,7 +99,8 @@ def hf_tokenizer_config_keys(model_max_length: int) -> dict:
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         "padding_side": "right",
-        "chat_template": CHATML_TEMPLATE,
+        # The one ChatML template (BOS included), the SFT training rendering: lmforge.chatml.
+        "chat_template": CHAT_TEMPLATE,
     }
 
 

@@ -102,6 +102,10 @@ def _reference(artifacts: list[tuple[Path, dict]], tokenizer: Path | None) -> tu
         return sha, str(tokenizer), problems
     tokenizers = [(p, m.get("tokenizer_sha256")) for p, m in artifacts if m.get("stage") == "tokenizer"]
     hashes = {sha for _, sha in tokenizers if sha}
+    externals = {r["sha256"]: r for r in map(external_tokenizer, (m for _, m in artifacts)) if r}
+    if not tokenizers and len(externals) == 1:  # a run started from a Hugging Face model (lmforge.external)
+        record = next(iter(externals.values()))
+        return record["sha256"], f"external tokenizer {record['path']}", []
     if not tokenizers:
         if all(m.get("stage") in NO_TOKENIZER_STAGES for _, m in artifacts):
             return None, None, []           # nothing made with a tokenizer yet: nothing to check
@@ -110,6 +114,12 @@ def _reference(artifacts: list[tuple[Path, dict]], tokenizer: Path | None) -> tu
         listing = "; ".join(f"{p}: {(sha or 'none')[:16]}…" for p, sha in tokenizers)
         return None, None, [f"several different tokenizers found, lineage is ambiguous: {listing}"]
     return next(iter(hashes), None), str(tokenizers[0][0]), []
+
+
+def external_tokenizer(manifest: dict) -> dict | None:
+    """The external (non-lmforge) tokenizer an artifact records, if any (lmforge.external)."""
+    record = manifest.get("external_tokenizer") or (manifest.get("figures") or {}).get("external_tokenizer")
+    return record if isinstance(record, dict) and record.get("sha256") else None
 
 
 def check_artifact(path: Path, manifest: dict, reference: str | None) -> tuple[Row, list[str]]:
@@ -138,6 +148,9 @@ def check_artifact(path: Path, manifest: dict, reference: str | None) -> tuple[R
         problems.append(f"{path} ({stage}) was made with tokenizer {sha[:16]}…, the reference is {reference[:16]}…")
         return Row(path, stage, sha, "MISMATCH"), problems
     status = "reference" if stage == "tokenizer" else ("ok" if reference else "?")
+    external = external_tokenizer(manifest)
+    if external and not problems:
+        return Row(path, stage, sha, "external", f"external tokenizer {external['path']}"), problems
     return Row(path, stage, sha, "MISMATCH" if problems else status), problems
 
 
@@ -190,7 +203,7 @@ def format_table(result: Result, full: bool = False) -> str:
     def short(sha: str | None) -> str:
         return "-" if not sha else (sha if full else sha[:16] + "…")
 
-    mark = {"reference": "✓ source", "ok": "✓", "n/a": "n/a", "MISMATCH": "✗ MISMATCH", "MISSING": "✗ MISSING",
+    mark = {"reference": "✓ source", "ok": "✓", "external": "✓ external", "n/a": "n/a", "MISMATCH": "✗ MISMATCH", "MISSING": "✗ MISSING",
             "?": "? no reference"}
     lines = ["=== TOKENIZER SHA256 VALIDATION ===", f"reference: {result.reference or '(none)'}"
              + (f"  (from {result.reference_from})" if result.reference_from else "")]

@@ -315,6 +315,9 @@ class SFTEvalRun:
                    "partial": results["partial"], **headline(results)}
         write_manifest(self.out, STAGE, config=config_dict, inputs=inputs, tokenizer_sha256=m.tokenizer_sha256,
                        outputs=[output_file.name, "report.md", *self.tables], figures=_json_safe(figures))
+        from ..model_card import record_evaluation
+        record_evaluation(self.args.model_path, STAGE, _json_safe(headline(results)), results["expected"],
+                          Path(output_file).resolve())
 
 
 def assistant_nll(model, batches) -> tuple[float, int]:

@@ -350,6 +350,9 @@ class EvalRun:
                    "partial": results["partial"], **headline_metrics(results)}
         write_manifest(self.out, STAGE, config=config_dict, inputs=inputs, tokenizer_sha256=m.tokenizer_sha256,
                        outputs=["results.json", "report.md", *self.tables], figures=_json_safe(figures))
+        from ..model_card import record_evaluation
+        record_evaluation(model_path, STAGE, _json_safe(headline_metrics(results)), results["expected"],
+                          (self.out / "results.json").resolve())
 
 
 def _json_safe(obj):

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from the latest step_N/ of the run folder, or from the given one")
     parser.add_argument("--force", action="store_true", help="start over even if the run is complete or has checkpoints")
+    parser.add_argument("--init_from", "--init-from", dest="init_from", default=None, metavar="MODEL_DIR",
+                        help="start from these weights (same architecture and tokenizer) instead of random ones")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set training.max_steps=100 (repeatable)")
     for name, kind in TRAINING_FLAGS.items():
@@ -128,6 +130,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights}
     inputs = {"tokenizer": str(args.tokenizer_dir)}
+    if getattr(args, "init_from", None):  # checked now, before any output is written
+        from ..init_from import check_shape, check_source, identity as init_identity
+        check_shape(check_source(args.init_from, tokenizer.sha256), arch, tokenizer.vocab_size)
+        identity["init_from"], inputs["init_from"] = init_identity(args.init_from), str(args.init_from)
     inputs.update({("data" if len(packed) == 1 else f"data_{i}"): str(p.path) for i, p in enumerate(packed)})
     return Plan(cfg, arch, arch_path, tokenizer, packed, weights, run_dir, identity, inputs)
 
@@ -218,6 +224,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
 
     from ..data_loader import PackedBatches, eval_batches
     from ..model import build_model, choose_attention, flops_per_token, quiet_transformers
+    from ..model_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
     from ..training import CheckpointMeta, make_accelerator, run_training
 
     quiet_transformers()
@@ -231,11 +238,16 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
         prepare_output_dir(plan.run_dir)
         if args.force and resume_from is None:
             clear_run_dir(plan.run_dir)
+        prepare_run_tokenizer(args.tokenizer_dir, plan.run_dir, plan.arch.max_position_embeddings)
     accelerator.wait_for_everyone()
 
     set_seed(t.seed)
     attn, why = choose_attention(accelerator.device.type)
     model = build_model(plan.arch, plan.tokenizer.vocab_size, seed=t.seed, attn_implementation=attn)
+    set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
+    if getattr(args, "init_from", None):
+        from ..init_from import load_initial_weights
+        load_initial_weights(model, args.init_from)
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
         announce(plan, figures, attn, why, accelerator)
@@ -244,7 +256,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
                             world=accelerator.num_processes, seed=t.seed)
     evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches, micro_batch=t.per_device_batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes)
-    meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(args.tokenizer_dir),
+    meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer.sha256, inputs=plan.inputs,
                           extra_figures={"parameters": figures["parameters"], "attention": attn,
                                          "tokens_per_step": figures["tokens_per_step"],
@@ -253,6 +265,9 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
                           resume_from=resume_from, flops_per_token=flops_per_token(plan.arch, figures["seq_length"],
                                                                                    plan.tokenizer.vocab_size))
     if main_process:
+        if result.final_dir:
+            from ..model_card import write_cards
+            write_cards(result.final_dir)  # README.md beside (not in) the manifest: eval updates it
         summarise(result, plan)
     return 0
 

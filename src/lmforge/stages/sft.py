@@ -10,9 +10,12 @@ Before anything runs, the tokenizer lineage is checked: the base model's
 tokenizer_sha256, every SFT dataset's and --tokenizer_path's must be equal.
 
 final/ holds the merged model (config.json + model.safetensors, loadable by
-AutoModelForCausalLM), the adapter in final/adapter/ (adapter_config.json,
-adapter_model.safetensors), the tokenizer files with the ChatML chat template, and
-manifest.json (stage "sft").
+AutoModelForCausalLM; generation_config.json stops at </s> and <|im_end|>), the adapter
+in final/adapter/ (adapter_config.json with the base's absolute path, base_model.json
+with its path relative to the adapter, adapter_model.safetensors), the tokenizer files
+with the ChatML chat template, manifest.json (stage "sft"), and model cards
+(README.md in final/ and final/adapter/). --model_path may also be a plain Hugging Face
+Llama directory with its own tokenizer (lmforge.external).
 
 Example:
   accelerate launch --mixed_precision bf16 scripts/70_train_sft.py \\
@@ -38,7 +41,6 @@ from ..training import TrainingConfig, scaled_warmup  # light: the loop's heavy 
 log = get_logger(__name__)
 STAGE = "sft"
 ADAPTER_DIR = "adapter"
-RUN_TOKENIZER_DIR = "tokenizer"
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -93,20 +95,26 @@ class Plan:
     data_manifests: list[dict]
     config_dict: dict
     inputs: dict[str, str] = field(default_factory=dict)
+    tokenizer: object = None
+    external: dict | None = None  # lmforge.external record when the base model is not lmforge's
 
 
 def resolve(args) -> Plan:
     """Validate config and flags, and check tokenizer lineage across all inputs."""
+    from ..external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
     from ..sft_dataset import STAGE as DATA_STAGE, normalise_weights
-    from ..tokenizer import load_tokenizer
 
     overrides = parse_set_overrides(args.set)
     overrides.update(scaled_warmup(args.config, overrides))
     cfg = load_config(args.config, SFTConfig, overrides)
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    base = load_manifest(args.model_path, ("pretrain", "sft"))
-    check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}",
-                            base.get("tokenizer_sha256"), f"base model {args.model_path}")
+    tokenizer = load_any_tokenizer(args.tokenizer_path)
+    if is_external_model(args.model_path):  # a plain Hugging Face model: its own tokenizer files name it
+        check_external_model(args.model_path)
+        base_sha = hf_tokenizer_sha256(args.model_path)
+    else:
+        base_sha = load_manifest(args.model_path, ("pretrain", "sft")).get("tokenizer_sha256")
+    check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}", base_sha,
+                            f"base model {args.model_path}")
     manifests = []
     for d in args.data_dirs:
         m = load_manifest(d, DATA_STAGE)
@@ -122,7 +130,8 @@ def resolve(args) -> Plan:
     config_dict = {"sft": sft_dict, "data_dirs": [str(d) for d in args.data_dirs], "data_weights": weights}
     inputs = {"base_model": args.model_path, "tokenizer": args.tokenizer_path}
     inputs.update({f"sft_data_{i}": d for i, d in enumerate(args.data_dirs)})
-    return Plan(cfg, tokenizer.sha256, weights, manifests, config_dict, inputs)
+    return Plan(cfg, tokenizer.sha256, weights, manifests, config_dict, inputs, tokenizer,
+                getattr(tokenizer, "record", None))
 
 
 def describe(args) -> dict[str, str]:
@@ -157,43 +166,28 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     return get_peft_model(base, config)
 
 
-def set_chat_template(model_dir: Path) -> None:
-    """Put the ChatML template (the one the SFT data used, BOS included) in tokenizer_config.json."""
-    from ..artifacts import atomic_write_json
-    from ..chatml import CHAT_TEMPLATE
+def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir: Path | None = None,
+                 tokenizer_sha256: str | None = None, stop_ids: list[int] | None = None) -> None:
+    """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer).
 
-    path = model_dir / "tokenizer_config.json"
-    config = read_json(path, "tokenizer config") if path.is_file() else {}
-    config["chat_template"] = CHAT_TEMPLATE
-    atomic_write_json(path, config)
-
-
-def prepare_run_tokenizer(tokenizer_dir: str, out: Path) -> Path:
-    """<output_dir>/tokenizer/: the tokenizer files plus the ChatML chat template.
-
-    The training loop copies this directory's files into every step_N/ and final/, so
-    each saved model carries the template its SFT data was rendered with.
+    The adapter records its base by absolute path and relative to itself
+    (`lmforge.adapter`), so it loads from any working directory and after a move.
     """
-    from ..artifacts import atomic_path
-    from ..tokenizer import copy_tokenizer_files
-
-    target = out / RUN_TOKENIZER_DIR
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
-        copy_tokenizer_files(tokenizer_dir, tmp)
-        set_chat_template(tmp)
-    return target
-
-
-def export_final(model, out_dir: Path) -> None:
-    """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer)."""
     import copy
+
+    from ..adapter import record_base
+    from ..model_files import set_chat_generation
 
     out_dir = Path(out_dir)
     # The adapter lives in a subfolder: an adapter_config.json at the top makes
     # transformers load the directory as that adapter over its original base path.
     model.save_pretrained(out_dir / ADAPTER_DIR, safe_serialization=True)
+    (out_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty card; lmforge writes its own
+    if base_dir is not None:
+        record_base(out_dir / ADAPTER_DIR, base_dir, tokenizer_sha256=tokenizer_sha256,
+                    final_adapter_dir=(final_dir or out_dir) / ADAPTER_DIR)
     merged = copy.deepcopy(model).merge_and_unload()
+    set_chat_generation(merged, stop_ids)
     merged.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -209,14 +203,15 @@ def main(args) -> int:
 
 
 def train(args, plan: Plan) -> int:
+    from functools import partial
     from types import SimpleNamespace
 
     from accelerate.utils import set_seed
 
     from ..artifacts import prepare_output_dir
     from ..model import quiet_transformers
+    from ..model_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
     from ..sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
-    from ..tokenizer import SPECIAL_TOKENS
     from ..training import CheckpointMeta, make_accelerator, run_training
     # Resume rules are pretraining's: same config continues by itself, --resume forces, --force restarts.
     from .pretrain import choose_resume, clear_run_dir
@@ -230,10 +225,10 @@ def train(args, plan: Plan) -> int:
         prepare_output_dir(out)
         if args.force and resume_from is None:
             clear_run_dir(out)
-        prepare_run_tokenizer(args.tokenizer_path, out)
+        prepare_run_tokenizer(args.tokenizer_path, out, model_context(args.model_path))
     accelerator.wait_for_everyone()
     set_seed(t.seed)  # LoRA's A matrices are initialised at random
-    pad_id = SPECIAL_TOKENS["pad"][1]
+    pad_id = plan.tokenizer.pad_id
     model = build_lora_model(args.model_path, cfg.lora)
     trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
                         sum(p.numel() for p in model.parameters()))
@@ -251,12 +246,20 @@ def train(args, plan: Plan) -> int:
     figures = {"trainable_parameters": trainable, "total_parameters": total, "data_weights": plan.weights,
                "realised_mix": [round(r, 4) for r in batches.mix_after(micro_batches)],
                "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout}}
+    if plan.external:
+        figures["external_tokenizer"] = plan.external  # shown by `lmforge verify` and the model card
     meta = CheckpointMeta(stage=STAGE, config=plan.config_dict, tokenizer_dir=str(out / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer_sha256, inputs=plan.inputs,
-                          extra_figures=figures, export_final=export_final)
+                          extra_figures=figures,
+                          export_final=partial(export_final, base_dir=args.model_path, final_dir=out / "final",
+                                               tokenizer_sha256=plan.tokenizer_sha256,
+                                               stop_ids=[plan.tokenizer.eos_id, plan.tokenizer.im_end_id]))
     result = run_training(model, batches, eval_batches, t, out, accelerator=accelerator, meta=meta,
                           resume_from=resume_from)
     if accelerator.is_main_process:
+        if result.final_dir:
+            from ..model_card import write_cards
+            write_cards(result.final_dir)  # final/README.md and final/adapter/README.md
         print_summary(plan, result, batches, out)
     return 0
 

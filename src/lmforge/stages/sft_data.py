@@ -30,7 +30,8 @@ from ..log import get_logger, human_count, peak_rss_mb, progress
 from ..sft_dataset import STAGE, SPLITS, SplitWriter, split_files
 from ..sft_sources import SourceConfig, iter_conversations
 from ..sources import data_fingerprint, resolve_mirror
-from ..tokenizer import CONFIG_FILE, load_tokenizer
+from ..external import load_any_tokenizer
+from ..tokenizer import CONFIG_FILE
 
 log = get_logger(__name__)
 SAMPLES_FILE = "samples.jsonl"
@@ -88,7 +89,7 @@ def describe(args) -> dict[str, str]:
 
 def main(args) -> int:
     cfg = resolve_config(args)
-    tokenizer = load_tokenizer(args.tokenizer_dir)
+    tokenizer = load_any_tokenizer(args.tokenizer_dir)  # lmforge's, or an external model's own (lmforge.external)
     out = Path(args.output_dir)
     config_dict = {**to_dict(cfg), "_data": data_fingerprint(
         hub=(cfg.source.hub_id, cfg.source.hub_config, cfg.source.split) if cfg.source.hub_id else None,
@@ -108,9 +109,14 @@ def main(args) -> int:
     write_manifest(out, STAGE, config=config_dict, outputs=outputs, inputs=inputs, figures=figures,
                    tokenizer_sha256=tokenizer.sha256,
                    extra={"tokenizer_config_sha256": sha256_file(Path(args.tokenizer_dir) / CONFIG_FILE),
-                          "name": cfg.name})
+                          "name": cfg.name, **_external(tokenizer)})
     print_summary(cfg, out, figures, tokenizer.sha256)
     return 0
+
+
+def _external(tokenizer) -> dict:
+    record = getattr(tokenizer, "record", None)
+    return {"external_tokenizer": record} if record else {}
 
 
 def _is_val(group_ordinal: int, fraction: float) -> bool:
