@@ -42,13 +42,12 @@ LOSS_CHUNK_TOKENS = 4096  # rows of the vocabulary projection formed at once (fp
 # ---------------------------------------------------------------- the loss
 
 def _ce_chunk(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
-    """Logits of one chunk in fp32, their log-sum-exp, and the summed loss over valid targets."""
-    logits = F.linear(h, w).float()
-    lse = torch.logsumexp(logits, dim=-1)
+    """Log-probabilities of one chunk (fp32), and the summed loss over its valid targets."""
+    logp = F.linear(h, w).float().log_softmax(dim=-1)
     valid = targets != IGNORE_INDEX
     safe = targets.clamp(min=0)
-    picked = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
-    return logits, lse, valid, safe, ((lse - picked) * valid).sum()
+    picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+    return logp, valid, safe, -(picked * valid).sum()
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
@@ -61,19 +60,30 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int):
-        grad_h = torch.empty_like(h)
+        device = h.device.type
+        # The matmul dtype: autocast's when it is on (bf16/fp16 on the GPU), else the input's.
+        mm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        w_mm = w.to(mm)  # cast once, not once per chunk
+        grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, h.shape[0], chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            logits, lse, valid, safe, loss = _ce_chunk(hc, w, tc)
+            hc, tc = h[start:start + chunk].to(mm), targets[start:start + chunk]
+            logp, valid, safe, loss = _ce_chunk(hc, w_mm, tc)
             total = total + loss
-            # d loss / d logits = softmax - onehot, zero on ignored rows
-            grad = torch.exp(logits - lse.unsqueeze(1))
-            grad.scatter_add_(1, safe.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
-            grad = (grad * valid.unsqueeze(1)).to(hc.dtype)
-            grad_h[start:start + chunk] = grad @ w.to(hc.dtype)
-            grad_w += (grad.t() @ hc).float()
+            # d loss / d logits = softmax - onehot, in place over logp. Ignored rows are zeroed
+            # through the [n, d] operands below rather than with another pass over [n, V].
+            grad = logp.exp_()
+            grad.scatter_add_(1, safe.unsqueeze(1), torch.full_like(grad[:, :1], -1.0))
+            grad = grad.to(mm)
+            keep = valid.unsqueeze(1).to(mm)
+            masked_h = hc * keep
+            with torch.autocast(device, enabled=False):  # explicit dtypes from here on
+                grad_h[start:start + chunk] = ((grad @ w_mm) * keep).to(h.dtype)
+                if mm == torch.float32:
+                    grad_w.addmm_(grad.t(), masked_h)
+                else:
+                    grad_w += (grad.t() @ masked_h).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.w_dtype = w.dtype
         return total
