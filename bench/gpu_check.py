@@ -99,7 +99,7 @@ def prepare(out: Path, seq: int) -> int:
 def throughput(out: Path, cuda: bool) -> dict:
     cmd = [sys.executable, str(HERE / "train_throughput.py"), "--json", str(out / "throughput.json")]
     cmd += [] if cuda else ["--small", "--steps", "3", "--warmup", "1"]
-    code, text, secs = run(cmd, out / "throughput.log", 300 if cuda else 600)
+    code, text, secs = run(cmd, out / "throughput.log", 270 if cuda else 600)
     result = {"returncode": code, "seconds": round(secs, 1)}
     if (out / "throughput.json").is_file():
         data = json.loads((out / "throughput.json").read_text())
@@ -120,7 +120,7 @@ def pretrain(out: Path, data: Path, steps: int, cuda: bool) -> dict:
            "--eval_every", "0", "--set", "training.eval_batches=4", "--force"]
     if not cuda:  # smoke size: one 1,024-token sequence per step, or a CPU step takes minutes
         cmd += ["--per_device_batch_size", "1", "--gradient_accumulation_steps", "1"]
-    code, text, secs = run(cmd, out / "pretrain.log", 330 if cuda else 600)
+    code, text, secs = run(cmd, out / "pretrain.log", 190 if cuda else 600)
     result = {"returncode": code, "seconds": round(secs, 1), "command": " ".join(cmd)}
     rates = [float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]
              for m in re.finditer(r"\| ([\d.]+)([KMG]?) tok/s", text)]
