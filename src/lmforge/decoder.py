@@ -36,7 +36,10 @@ import torch.nn.functional as F
 from .errors import ArtifactError
 
 IGNORE_INDEX = -100
-LOSS_CHUNK_TOKENS = 4096  # rows of the vocabulary projection formed at once (fp32: 4096 x V x 4 bytes)
+# Logit elements formed at once by the chunked loss: on CUDA 2^27 (4,096 rows at V = 32,768,
+# 512 MiB in fp32: large matmuls, few launches); elsewhere 2^24 (512 rows, 64 MiB), which keeps
+# CPU allocations reusable instead of fresh page-faulted memory every step.
+LOSS_CHUNK_ELEMENTS = {"cuda": 2 ** 27, "cpu": 2 ** 24}
 
 
 # ---------------------------------------------------------------- the loss
@@ -94,13 +97,20 @@ class _ChunkedLinearCE(torch.autograd.Function):
         return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.w_dtype), None, None
 
 
+def loss_chunk_rows(vocab_size: int, device_type: str) -> int:
+    """Rows of logits per chunk for this vocabulary and device (see LOSS_CHUNK_ELEMENTS)."""
+    elements = LOSS_CHUNK_ELEMENTS.get(device_type, LOSS_CHUNK_ELEMENTS["cpu"])
+    return max(64, elements // max(1, vocab_size))
+
+
 def chunked_linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor,
-                                 chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+                                 chunk: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of `h @ w.T` against `targets` (IGNORE_INDEX skipped), in fp32.
 
     h: [N, d] final hidden states; w: [V, d] output projection; targets: [N].
-    Never materialises more than `chunk` rows of logits.
+    Never materialises more than `chunk` rows of logits (default: loss_chunk_rows).
     """
+    chunk = chunk or loss_chunk_rows(w.shape[0], h.device.type)
     if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
         return _ChunkedLinearCE.apply(h, w, targets, chunk)
     total = torch.zeros((), dtype=torch.float32, device=h.device)
