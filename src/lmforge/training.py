@@ -463,23 +463,35 @@ class Trainer:
                                  reduction="sum")
         return world / counts[0].clamp(min=1), counts[0], counts[1]
 
-    def _forward_loss(self, batch: dict):
-        """Summed loss of one micro-batch; the first call of a compiled model falls back to eager on failure."""
+    def _forward_backward(self, batch: dict, scale):
+        """Loss sum of one micro-batch, backpropagated with `scale`; returns the detached sum.
+
+        The first call of a compiled model is guarded: if dynamo/inductor fail (in the
+        forward, or in the backward they compile lazily) the gradients are dropped, the
+        model goes back to eager with one warning, and the micro-batch is redone.
+        """
         if self._compile_checked:
-            return training_loss_sum(self.model, batch)
+            return self._run_micro(batch, scale)
         from .train_step import is_compile_failure, uncompile
 
         try:
-            return training_loss_sum(self.model, batch)
+            return self._run_micro(batch, scale)
         except Exception as exc:  # noqa: BLE001 - only compiler errors are swallowed, see below
             if not is_compile_failure(exc):
                 raise
+            self.optimizer.zero_grad(set_to_none=True)
             uncompile(self.unwrapped)
             self.compiled = False
-            log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, str(exc).splitlines()[0][:200])
-            return training_loss_sum(self.model, batch)
+            log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0][:200])
+            return self._run_micro(batch, scale)
         finally:
             self._compile_checked = True
+
+    def _run_micro(self, batch: dict, scale):
+        loss = training_loss_sum(self.model, batch)
+        self.acc.backward(loss * scale)
+        return loss.detach().float()
 
     def _train_step(self) -> dict:
         import torch
@@ -492,10 +504,7 @@ class Trainer:
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(micro) - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                loss = self._forward_loss(batch)
-                acc.backward(loss * scale)
-            loss_sum += loss.detach().float()
-            del loss
+                loss_sum += self._forward_backward(batch, scale)
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
