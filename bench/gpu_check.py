@@ -97,7 +97,7 @@ def prepare(out: Path, seq: int) -> int:
 # ---------------------------------------------------------------- GPU side
 
 def throughput(out: Path, cuda: bool) -> dict:
-    cmd = [sys.executable, str(HERE / "train_throughput.py"), "--json", str(out / "throughput.json")]
+    cmd = [sys.executable, str(HERE / "train_throughput.py"), "--once", "--json", str(out / "throughput.json")]
     cmd += [] if cuda else ["--small", "--steps", "3", "--warmup", "1"]
     code, text, secs = run(cmd, out / "throughput.log", 270 if cuda else 600)
     result = {"returncode": code, "seconds": round(secs, 1)}

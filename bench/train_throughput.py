@@ -11,8 +11,9 @@ side bookkeeping; bf16 autocast and torch.compile on CUDA, fp32 eager on CPU) on
 tokens, then runs the reference `../shared/bench/peer_train_bench.py` (copied next to this
 file for the run and removed afterwards; never committed) on the same shape and prints
 tokens/s, MFU, peak memory and lmforge's ratio to each reference variant. With
-`--repeats N` lmforge and the reference alternate N times and the median of each is kept,
-so a machine loaded by other work affects both sides alike.
+every reference variant timed between two lmforge timings, each ratio is lmforge's mean
+of those two neighbours over the reference figure, and `--repeats N` reports the median
+ratio of N rounds: on a machine loaded by other work, neighbours in time are comparable.
 
 Default reference variants: gpt_bf16_compile_mb64 and hf_bf16_mb8 on CUDA; gpt_fp32_mb8
 and hf_fp32_mb8 on CPU. MFU = tokens/s x (6N + 12·L·d·T) / peak FLOP/s, N = all parameters
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps (the reference times 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (the reference runs 5)")
     p.add_argument("--repeats", type=int, default=1, help="alternate lmforge and the reference N times; medians kept")
+    p.add_argument("--once", action="store_true",
+                   help="time lmforge once, before the references (a dedicated GPU; saves recompiles)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA")
     p.add_argument("--small", action="store_true", help="the reference's toy shape: vocab 512, d 64, 2 layers, seq 64")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is present")
@@ -222,27 +225,42 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), flush=True)
     variants = args.peer if args.peer is not None else (["gpt_bf16_compile_mb64", "hf_bf16_mb8"] if cuda
                                                         else ["gpt_fp32_mb8", "hf_fp32_mb8"])
+    # lmforge runs before and after every reference variant, so each reference figure has
+    # lmforge figures from the minutes around it: on a machine loaded by other work the
+    # ratio of neighbours is what is comparable, not absolute numbers from different minutes.
     ours_runs: list[dict] = []
     peer_runs: dict[str, list[dict]] = {}
-    for _ in range(max(1, args.repeats)):
+    ratios: dict[str, list[float]] = {}
+
+    def ours_now() -> dict:
         row = bench_lmforge(arch, vocab, seq, micro, args.steps, args.warmup, compile_, device.type)
         print(json.dumps(row), flush=True)
         ours_runs.append(row)
-        for r in (run_peer(Path(args.peer_source), variants, arch, vocab, seq, cpu=not cuda) if variants else []):
-            print(json.dumps(r), flush=True)
-            peer_runs.setdefault(r["name"], []).append(r)
+        return row
+
+    for _ in range(max(1, args.repeats)):
+        before = ours_now()
+        for variant in variants:
+            for r in run_peer(Path(args.peer_source), [variant], arch, vocab, seq, cpu=not cuda):
+                print(json.dumps(r), flush=True)
+                peer_runs.setdefault(r["name"], []).append(r)
+                after = before if args.once else ours_now()
+                if "error" not in r and r["tok_s"]:
+                    ratios.setdefault(r["name"], []).append((before["tok_s"] + after["tok_s"]) / 2 / r["tok_s"])
+                before = after
     ours = median_rows(ours_runs)
     peers = [median_rows(runs) for runs in peer_runs.values()]
-    print("\nvariant | tok/s | TFLOP/s | MFU | peak mem GiB | lmforge vs this")
+    print("\nvariant | tok/s (median) | TFLOP/s | MFU | peak mem GiB | lmforge / this (median of neighbour ratios)")
     for r in [ours, *peers]:
         if "error" in r:
             print(f"{r['name']} | ERROR {r['error'][:150]}")
             continue
         mfu = f"{r['tflops'] / peak * 100:.1f}%" if peak else "n/a (CPU)"
-        ratio = ours["tok_s"] / r["tok_s"] if r["tok_s"] else float("nan")
-        print(f"{r['name']} | {r['tok_s']:,} | {r['tflops']} | {mfu} | {r['mem_GiB']} | {ratio:.2f}x")
+        found = sorted(ratios.get(r["name"], []))
+        ratio = f"{found[(len(found) - 1) // 2]:.2f}x {[round(x, 2) for x in found]}" if found else "-"
+        print(f"{r['name']} | {r['tok_s']:,} | {r['tflops']} | {mfu} | {r['mem_GiB']} | {ratio}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "lmforge": ours, "reference": peers,
+        Path(args.json).write_text(json.dumps({"info": info, "lmforge": ours, "reference": peers, "ratios": ratios,
                                                "runs": {"lmforge": ours_runs, **peer_runs}}, indent=1))
     return 0
 
