@@ -285,13 +285,15 @@ class LmforgeDecoder(nn.Module):
     # ------------------------------------------------------------ Hugging Face files
 
     def save_pretrained(self, out_dir: str | Path, safe_serialization: bool = True, **_: Any) -> None:
-        """config.json + model.safetensors exactly as LlamaForCausalLM.save_pretrained lays them out."""
+        """config.json, generation_config.json and model.safetensors, as LlamaForCausalLM.save_pretrained writes them."""
         from safetensors.torch import save_file
+        from transformers import GenerationConfig
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.config.architectures = ["LlamaForCausalLM"]
         self.config.save_pretrained(out)
+        GenerationConfig.from_model_config(self.config).save_pretrained(out)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 

@@ -2,7 +2,9 @@
 
 lmforge models are plain `transformers.LlamaForCausalLM`s (RMSNorm, RoPE, SwiGLU,
 optional tied embeddings), so every checkpoint loads with AutoModelForCausalLM and
-works with lm-evaluation-harness, vLLM and PEFT without conversion.
+works with lm-evaluation-harness, vLLM and PEFT without conversion. Pretraining trains
+`lmforge.decoder.LmforgeDecoder`, the same network and parameters with a faster step,
+and saves exactly these files.
 
 Attention kernel: FlashAttention-2 when the `flash_attn` package is importable and
 the model runs on CUDA, else PyTorch SDPA (which itself picks flash/efficient
