@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -122,22 +123,43 @@ def test_resume_is_exact(tiny_packed, tmp_path):
     assert steps == sorted(steps)  # no duplicated history after the resume
 
 
-def test_nan_stops_and_keeps_the_last_good_checkpoint(tiny_packed, tmp_path):
+def poison_steps(bad_steps: set[int], accumulation: int = 2):
+    """A forward hook that turns the final norm's output to inf on the given (1-based) optimizer steps."""
     calls = {"n": 0}
 
-    def poison(model):
+    def install(model):
         def hook(module, inputs, output):
             calls["n"] += 1
-            return output * float("inf") if calls["n"] > 10 else output  # 2 micro-batches a step: step 6 breaks
+            step = (calls["n"] - 1) // accumulation + 1
+            return output * float("inf") if step in bad_steps else output
         model.model.norm.register_forward_hook(hook)
+    return install
 
-    with pytest.raises(TrainingDiverged, match="diverged at step 6.*step_4"):
-        train(tiny_packed, tmp_path / "run", cfg(max_steps=10, save_every=2), hook=poison)
+
+def test_non_finite_steps_are_skipped_and_n_in_a_row_stop_the_run(tiny_packed, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"3 non-finite steps in a row \(steps 6-8\).*step_6"):
+        train(tiny_packed, tmp_path / "run", cfg(max_steps=10, save_every=2, max_nonfinite_steps=3),
+              hook=poison_steps(set(range(6, 11))))
     kept = [p.name for _, p in list_checkpoints(tmp_path / "run")]
-    assert kept == ["step_2", "step_4"] and not (tmp_path / "run" / "final").exists()
+    assert kept == ["step_2", "step_4", "step_6"] and not (tmp_path / "run" / "final").exists()  # none after the stop
     model = build_model(ARCH)
-    load_model_weights(model, tmp_path / "run" / "step_4")
+    load_model_weights(model, tmp_path / "run" / "step_6")  # saved mid-streak: the skipped step changed nothing
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    optimizer_state = torch.load(tmp_path / "run" / "step_6" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in optimizer_state["state"].values()} == {5.0}  # step 6 was not applied
+
+
+def test_a_lone_non_finite_step_is_skipped_and_the_run_finishes(tiny_packed, tmp_path):
+    result, model = train(tiny_packed, tmp_path / "run", cfg(max_steps=6, save_every=6, max_nonfinite_steps=2),
+                          hook=poison_steps({3}))
+    assert result.final_dir is not None
+    skipped = [h["step"] for h in result.history if h.get("skipped")]
+    assert skipped == [3] and not math.isfinite(result.history[2]["loss"])
+    assert all(math.isfinite(h["loss"]) for h in result.history if h["step"] != 3)
+    optimizer_state = torch.load(tmp_path / "run" / "step_6" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in optimizer_state["state"].values()} == {5.0}  # 6 steps, 5 updates
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert json.loads((result.final_dir / "manifest.json").read_text())["figures"]["skipped_steps"] == 1
 
 
 def test_keep_last_k(tiny_packed, tmp_path):

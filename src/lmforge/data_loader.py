@@ -81,6 +81,10 @@ def to_batch(rows: list[np.ndarray]) -> dict:
 class PackedBatches:
     """This rank's micro-batches over one or more packed train splits (a training.BatchSource)."""
 
+    # Every row is seq_length real tokens with labels = inputs, so every rank's step has the
+    # same number of label tokens: the loop needs no collective to normalise the loss.
+    uniform_label_counts = True
+
     def __init__(self, splits: list[IndexedDataset], weights: list[float] | None, *, micro_batch: int,
                  accumulation: int, rank: int = 0, world: int = 1, seed: int = 0):
         self.splits = splits
@@ -172,3 +176,86 @@ def eval_batches(val_splits: list[IndexedDataset], *, num_batches: int, micro_ba
     batches = [to_batch(rows[i:i + micro_batch]) for i in range(0, len(rows), micro_batch)]
     usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
     return batches[rank:usable:world]
+
+
+class Prefetcher:
+    """A BatchSource read ahead by a background thread, one optimizer step at a time.
+
+    The thread draws `group` micro-batches (one step) from `source`, pins them (so the
+    loop's `.to(device, non_blocking=True)` really overlaps the copy with compute), and
+    queues them with the source's position *after* that step. `state_dict()` returns the
+    position of the last step handed out, so a checkpoint resumes exactly where the loop
+    is, not where the thread has read to.
+    """
+
+    def __init__(self, source, group: int, *, pin: bool, depth: int = 2):
+        self.source, self.group, self.pin, self.depth = source, group, pin, depth
+        self.uniform_label_counts = bool(getattr(source, "uniform_label_counts", False))
+        self._current: list[dict] = []
+        self._state = source.state_dict()
+        self._next_state = self._state
+        self._stop = None
+        self._thread = None
+        self._start()
+
+    def _start(self) -> None:
+        import threading
+
+        import queue
+
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(target=self._run, args=(self._stop, self._queue), daemon=True,
+                                        name="lmforge-prefetch")
+        self._thread.start()
+
+    def _run(self, stop, out) -> None:
+        import queue
+
+        while not stop.is_set():
+            try:
+                step = [next(self.source) for _ in range(self.group)]
+                if self.pin:
+                    step = [{k: v.pin_memory() for k, v in b.items()} for b in step]
+                item = (step, self.source.state_dict(), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                item = (None, None, exc)
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> dict:
+        if not self._current:
+            step, state, exc = self._queue.get()
+            if exc is not None:
+                raise exc
+            self._current, self._next_state = list(step), state
+        batch = self._current.pop(0)
+        if not self._current:
+            self._state = self._next_state
+        return batch
+
+    def state_dict(self) -> dict:
+        if self._current:
+            raise RuntimeError("Prefetcher.state_dict() called in the middle of an optimizer step")
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self.source.load_state_dict(state)
+        self._state, self._current = self.source.state_dict(), []
+        self._start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None

@@ -2,7 +2,9 @@
 
 lmforge models are plain `transformers.LlamaForCausalLM`s (RMSNorm, RoPE, SwiGLU,
 optional tied embeddings), so every checkpoint loads with AutoModelForCausalLM and
-works with lm-evaluation-harness, vLLM and PEFT without conversion.
+works with lm-evaluation-harness, vLLM and PEFT without conversion. Pretraining trains
+`lmforge.decoder.LmforgeDecoder`, the same network and parameters with a faster step,
+and saves exactly these files.
 
 Attention kernel: FlashAttention-2 when the `flash_attn` package is importable and
 the model runs on CUDA, else PyTorch SDPA (which itself picks flash/efficient
@@ -80,14 +82,19 @@ def flops_per_token(arch: ArchitectureConfig, seq_length: int, vocab_size: int |
     return 6.0 * n + 12.0 * arch.num_layers * arch.hidden_size * seq_length
 
 
-def choose_attention(device_type: str) -> tuple[str, str]:
-    """(implementation, reason): flash_attention_2 when installed and on CUDA, else sdpa."""
+def choose_attention(device_type: str, precision: str | None = None) -> tuple[str, str]:
+    """(implementation, reason): flash_attention_2 when installed, on CUDA and (if given) in bf16/fp16, else sdpa.
+
+    precision: the compute precision ("bf16", "fp16", "no"/None for fp32); None skips that check.
+    """
     has_flash = importlib.util.find_spec("flash_attn") is not None
-    if has_flash and device_type == "cuda":
-        return "flash_attention_2", "flash_attn is installed and the device is CUDA"
     if not has_flash:
         return "sdpa", "flash_attn is not installed: using PyTorch SDPA"
-    return "sdpa", f"flash_attn needs CUDA (device is {device_type}): using PyTorch SDPA"
+    if device_type != "cuda":
+        return "sdpa", f"flash_attn needs CUDA (device is {device_type}): using PyTorch SDPA"
+    if precision is not None and precision not in ("bf16", "fp16"):
+        return "sdpa", f"flash_attn needs bf16/fp16 (precision is {precision}): using PyTorch SDPA"
+    return "flash_attention_2", "flash_attn is installed, the device is CUDA and the compute dtype is 16-bit"
 
 
 def llama_config(arch: ArchitectureConfig, vocab_size: int | None = None):

@@ -22,9 +22,16 @@ stream of batches" and "a trained model plus checkpoints":
 - Periodic evaluation (mean loss and perplexity over a fixed set of batches).
 - Checkpoints every `save_every` steps through `lmforge.checkpoint` (atomic,
   keep-last-K), and exact resume: model, optimizer, scheduler, data position, RNG.
-- Failure handling: a non-finite loss or gradient stops the run before the
-  optimizer applies it (the last good checkpoint stays intact) and raises
-  `TrainingDiverged`; CUDA out-of-memory raises `OutOfMemory` with advice.
+- No host syncs in a step: loss sums, token counts, the gradient norm and the
+  non-finite flag stay on the device and are read back together only on logging,
+  evaluation and checkpoint steps.
+- Failure handling: a non-finite step is skipped on the device (the fused AdamW
+  kernel's `found_inf`; fp16 goes through accelerate's GradScaler); after
+  `max_nonfinite_steps` in a row the run stops with `TrainingDiverged`, before any
+  further checkpoint. CUDA out-of-memory raises `OutOfMemory` with advice.
+- lmforge's decoder (`lmforge.decoder`) returns its loss from the forward and is
+  compiled with it (`compile: auto` = on CUDA); transformers/PEFT models return
+  logits and the loss is taken here.
 
 Using it (pretraining does exactly this, SFT does the same with a LoRA model)::
 
@@ -81,7 +88,12 @@ class TrainingConfig:
     keep_last: int = spec(0, min=0, help="keep only the newest K step_N checkpoints (0: keep all)")
     log_every: int = spec(10, min=1, help="log a progress line every N steps")
     seed: int = spec(42, help="seeds model init, data order and dropout")
-    compile: bool = spec(False, help="torch.compile the model (CUDA; slow to start)")
+    compile: bool | str = spec("auto", choices=(True, False, "auto"),
+                               help="torch.compile the model and its loss; auto: on for lmforge's decoder on CUDA")
+    auto_micro_batch: bool | str = spec("auto", choices=(True, False, "auto"),
+                                        help="probe the largest micro-batch that fits and derive the accumulation, "
+                                        "keeping per_device_batch_size x gradient_accumulation_steps; auto: on CUDA")
+    max_nonfinite_steps: int = spec(3, min=1, help="a non-finite step is skipped; stop after this many in a row")
     mixed_precision: str | None = spec(None, choices=(None, "no", "bf16", "fp16"),
                                        help="null: as `accelerate launch` says (default no)")
     tensorboard: bool = spec(True, help="also write TensorBoard events when tensorboard is installed")
@@ -176,6 +188,37 @@ def make_accelerator(cfg: TrainingConfig):
     return Accelerator(**kwargs)
 
 
+def auto_split(model, cfg: TrainingConfig, seq_length: int, vocab_size: int, accelerator) -> TrainingConfig:
+    """The config with the fastest micro-batch / accumulation split that keeps the global batch.
+
+    With `auto_micro_batch` on (auto: on CUDA) the largest divisor of
+    per_device_batch_size x gradient_accumulation_steps that survives a forward and
+    backward on this device becomes the micro-batch; the accumulation follows, so every
+    optimizer step still averages the same number of sequences. Off: `cfg` unchanged.
+    """
+    import dataclasses
+
+    from .train_step import forward_backward_probe, probe_micro_batch, resolve_switch
+
+    device_type = accelerator.device.type
+    if not resolve_switch(cfg.auto_micro_batch, auto=device_type == "cuda"):
+        return cfg
+    per_device = cfg.per_device_batch_size * cfg.gradient_accumulation_steps
+    model.to(accelerator.device)
+    was_training = model.training
+    model.train()
+    probe = forward_backward_probe(model, training_loss_sum, vocab_size, seq_length, accelerator.device,
+                                   accelerator.autocast)
+    micro = probe_micro_batch(probe, per_device, cfg.per_device_batch_size, device_type)
+    model.train(was_training)
+    chosen = dataclasses.replace(cfg, per_device_batch_size=micro, gradient_accumulation_steps=per_device // micro)
+    if accelerator.is_main_process:
+        log.info("Micro-batch: probed on %s, %d x %d accumulation (configured %d x %d; same %d sequences per device "
+                 "per step)", device_type, micro, chosen.gradient_accumulation_steps, cfg.per_device_batch_size,
+                 cfg.gradient_accumulation_steps, per_device)
+    return chosen
+
+
 def lr_at(step: int, cfg: TrainingConfig) -> float:
     """Learning rate used for optimizer step `step` (0-based)."""
     peak = cfg.learning_rate
@@ -201,11 +244,37 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model, cfg: TrainingConfig, device_type: str):
+    """AdamW, fused whenever the kernels cover the parameters (CUDA and CPU, float dtypes).
+
+    Fused is faster, and it is what lets a non-finite step be skipped on the device.
+    """
     import torch
 
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             fused=(device_type == "cuda"))
+    groups = param_groups(model, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = device_type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_eps, fused=fused)
+
+
+def _innermost(optimizer):
+    """The torch optimizer under accelerate's wrapper(s)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def training_loss_sum(model, batch: dict):
+    """Summed next-token loss of a micro-batch (fp32 scalar), whatever the model kind.
+
+    lmforge's decoder computes it inside its forward (chunked, compiled with the model);
+    a transformers/PEFT model returns logits and the loss is taken here.
+    """
+    target = getattr(model, "module", model)  # DDP keeps the real model in .module
+    if getattr(target, "computes_loss", False):
+        return model(batch["input_ids"], labels=batch["labels"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    return causal_lm_loss_sum(logits, batch["labels"])
 
 
 def causal_lm_loss_sum(logits, labels):
@@ -285,8 +354,13 @@ def evaluate(model, eval_batches: Iterable[dict], accelerator) -> dict:
         for batch in eval_batches:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-            total[0] += causal_lm_loss_sum(logits, batch["labels"]).double()
+                if getattr(model, "computes_loss", False):
+                    # .forward: eager, so a compiled training model does not recompile for no_grad
+                    loss = model.forward(batch["input_ids"], labels=batch["labels"])
+                else:
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                    loss = causal_lm_loss_sum(logits, batch["labels"])
+            total[0] += loss.double()
             total[1] += count_label_tokens(batch["labels"])
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
@@ -299,10 +373,17 @@ def evaluate(model, eval_batches: Iterable[dict], accelerator) -> dict:
 # ---------------------------------------------------------------- implementation
 
 class Trainer:
-    """The state of one training run; `run_training` is its public face."""
+    """The state of one training run; `run_training` is its public face.
+
+    A step never waits for the device: the loss sum, grad norm and non-finite flag of
+    each step stay device tensors in `self._pending` and are read (one transfer for all
+    of them) only when a log line, an evaluation, a checkpoint or the end needs them.
+    """
 
     def __init__(self, model, batches, eval_batches, cfg: TrainingConfig, run_dir: Path, accelerator,
                  meta: CheckpointMeta, flops_per_token: float | None):
+        from .train_step import compile_in_place, enable_tf32, resolve_switch
+
         self.acc = accelerator
         self.cfg = cfg
         self.run_dir = run_dir
@@ -310,20 +391,36 @@ class Trainer:
         self.batches = batches
         self.eval_batches = eval_batches
         self.flops_per_token = flops_per_token
-        if cfg.compile:
-            model.compile()  # in place: parameter names (and so checkpoints) stay unchanged
-        optimizer = make_optimizer(model, cfg, accelerator.device.type)
+        self.device_type = accelerator.device.type
+        self.computes_loss = bool(getattr(model, "computes_loss", False))
+        if enable_tf32(self.device_type) and accelerator.is_main_process:
+            log.info("TF32 matmuls enabled")
+        # auto: compile lmforge's decoder on CUDA; HF/PEFT models (SFT, variable lengths) only when asked.
+        self.compiled = resolve_switch(cfg.compile, auto=self.computes_loss and self.device_type == "cuda")
+        if self.compiled:
+            compile_in_place(model)  # in place: parameter names (and so checkpoints) stay unchanged
+        self._compile_checked = not self.compiled
+        optimizer = make_optimizer(model, cfg, self.device_type)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.inner_optimizer = _innermost(self.optimizer)
+        self.skips_on_device = bool(self.inner_optimizer.defaults.get("fused"))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.peak_tflops = device_peak_tflops(cfg, accelerator.device)
+        self.uniform_counts = bool(getattr(batches, "uniform_label_counts", False))
         self.step = 0
-        self.tokens_seen = 0
+        self._tokens_host = 0
+        self._tokens_device = None
+        self._pending: list[dict] = []
+        self._streak = None      # device: non-finite steps in a row
+        self._tripped = None     # device: first step at which the streak reached the limit (0: never)
         self.history: list[dict] = []
         self.checkpoints: list[Path] = []
         self.last_eval: dict | None = None
         self._tb = None
         if self.acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
+            if self.compiled:
+                log.info("torch.compile: model and loss compiled (first step compiles)")
 
     # ------------------------------------------------------------ helpers
 
@@ -331,62 +428,199 @@ class Trainer:
     def unwrapped(self):
         return self.acc.unwrap_model(self.model)
 
+    @property
+    def tokens_seen(self) -> int:
+        if self._tokens_device is not None:
+            return self._tokens_host + int(self._tokens_device)
+        return self._tokens_host
+
+    @tokens_seen.setter
+    def tokens_seen(self, value: int) -> None:
+        self._tokens_host, self._tokens_device = int(value), None
+
     def _main(self) -> bool:
         return self.acc.is_main_process
 
-    def _reduce_sum(self, values: list[float]):
+    # ------------------------------------------------------------ one optimizer step
+
+    def _step_counts(self, micro: list[dict]):
+        """(scale, label_tokens, input_tokens) for this step over all ranks.
+
+        Counted on the host from the CPU batches. When every rank's rows carry the same
+        number of label tokens (packed pretraining) the totals are known without any
+        collective; otherwise (SFT) one all-reduce on the device, never read back here.
+        """
         import torch
 
-        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        return self.acc.reduce(t, reduction="sum") if self.acc.num_processes > 1 else t
+        labels = sum(count_label_tokens(b["labels"]) for b in micro)
+        inputs = sum(b["input_ids"].numel() for b in micro)
+        world = self.acc.num_processes
+        if world == 1 or self.uniform_counts:
+            total = labels * world
+            # DDP averages gradients over ranks, so scale by world/N to get sum/N overall.
+            return world / max(1, total), total, inputs * world
+        counts = self.acc.reduce(torch.tensor([labels, inputs], dtype=torch.float32, device=self.acc.device),
+                                 reduction="sum")
+        return world / counts[0].clamp(min=1), counts[0], counts[1]
 
-    # ------------------------------------------------------------ one optimizer step
+    def _forward_backward(self, batch: dict, scale):
+        """Loss sum of one micro-batch, backpropagated with `scale`; returns the detached sum.
+
+        The first call of a compiled model is guarded: if dynamo/inductor fail (in the
+        forward, or in the backward they compile lazily) the gradients are dropped, the
+        model goes back to eager with one warning, and the micro-batch is redone.
+        """
+        if self._compile_checked:
+            return self._run_micro(batch, scale)
+        from .train_step import is_compile_failure, uncompile
+
+        try:
+            return self._run_micro(batch, scale)
+        except Exception as exc:  # noqa: BLE001 - only compiler errors are swallowed, see below
+            if not is_compile_failure(exc):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            uncompile(self.unwrapped)
+            self.compiled = False
+            log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0][:200])
+            return self._run_micro(batch, scale)
+        finally:
+            self._compile_checked = True
+
+    def _run_micro(self, batch: dict, scale):
+        loss = training_loss_sum(self.model, batch)
+        self.acc.backward(loss * scale)
+        return loss.detach().float()
 
     def _train_step(self) -> dict:
         import torch
 
         cfg, acc = self.cfg, self.acc
         micro = [next(self.batches) for _ in range(cfg.gradient_accumulation_steps)]
-        counts = self._reduce_sum([sum(count_label_tokens(b["labels"]) for b in micro),
-                                   sum(b["input_ids"].numel() for b in micro)])
-        label_tokens, input_tokens = int(counts[0]), int(counts[1])
-        # DDP averages gradients over ranks, so scale by world/N to get sum/N overall.
-        scale = acc.num_processes / max(1, label_tokens)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        scale, label_tokens, input_tokens = self._step_counts(micro)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         for i, batch in enumerate(micro):
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(micro) - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-                loss = causal_lm_loss_sum(logits, batch["labels"])
-                acc.backward(loss * scale)
-            loss_sum += loss.detach().double()
-            del logits, loss
+                loss_sum += self._forward_backward(batch, scale)
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(self.trainable, max_norm))
-        loss_value = float(self._reduce_sum([float(loss_sum)])[0]) / max(1, label_tokens)
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._diverged(loss_value, grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.tokens_seen += input_tokens
-        return {"step": self.step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                "tokens": self.tokens_seen, "step_tokens": input_tokens}
+        grad_norm = self._clip()
+        grad_norm = grad_norm.detach().float() if torch.is_tensor(grad_norm) else torch.tensor(float(grad_norm))
+        bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm.to(loss_sum.device)))
+        self._apply_update(bad)
+        # fp16: gradient overflows are the scaler's business (it skips and rescales); only a
+        # non-finite loss counts towards stopping. Otherwise any skipped step counts.
+        self._count_streak(bad if self.acc.scaler is None else ~torch.isfinite(loss_sum))
+        if torch.is_tensor(input_tokens):
+            self._tokens_device = input_tokens.detach() if self._tokens_device is None else self._tokens_device + input_tokens
+        else:
+            self._tokens_host += input_tokens
+        record = {"step": self.step + 1, "lr": lr, "_loss_sum": loss_sum, "_grad_norm": grad_norm, "_bad": bad,
+                  "_label_tokens": label_tokens, "step_tokens": input_tokens}
+        self._pending.append(record)
+        return record
 
-    def _diverged(self, loss: float, grad_norm: float) -> None:
-        last = self.checkpoints[-1] if self.checkpoints else None
+    def _clip(self):
+        """Clip the global gradient norm and return it (a device tensor).
+
+        Single process and DDP: torch's foreach clipping directly (after unscaling fp16
+        gradients), which costs a tenth of accelerate's generic wrapper per step; other
+        backends (FSDP, DeepSpeed, XLA) keep accelerate's, which knows their sharding.
+        """
+        import torch
+        from accelerate.utils import DistributedType
+
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        plain = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+        if self.acc.distributed_type not in plain:
+            return self.acc.clip_grad_norm_(self.trainable, max_norm)
+        if self.acc.scaler is not None:
+            self.acc.unscale_gradients()
+        return torch.nn.utils.clip_grad_norm_(self.trainable, max_norm, foreach=True)
+
+    def _apply_update(self, bad) -> None:
+        """optimizer.step(), skipped on the device when the step is non-finite.
+
+        The fused AdamW kernels take a `found_inf` tensor (the hook GradScaler uses) and
+        leave weights, moments and step counts untouched when it is set, so nothing is
+        read back. fp16 runs go through accelerate's GradScaler, which sets it itself
+        from the gradients and lowers the scale on overflow. An unfused optimizer (a
+        dtype the fused kernels lack) falls back to reading the flag.
+        """
+        if self.acc.scaler is None:
+            if self.skips_on_device:
+                self.inner_optimizer.found_inf = bad.float()
+            elif bool(bad):
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+        try:
+            self.optimizer.step()
+        finally:
+            if hasattr(self.inner_optimizer, "found_inf") and self.acc.scaler is None:
+                del self.inner_optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _count_streak(self, bad) -> None:
+        import torch
+
+        if self._streak is None:
+            self._streak = torch.zeros((), dtype=torch.int64, device=bad.device)
+            self._tripped = torch.zeros((), dtype=torch.int64, device=bad.device)
+        self._streak = (self._streak + 1) * bad
+        newly = (self._streak >= self.cfg.max_nonfinite_steps) & (self._tripped == 0)
+        self._tripped = torch.where(newly, torch.full_like(self._tripped, self.step + 1), self._tripped)
+
+    def _flush(self) -> None:
+        """Read the pending steps' figures back from the device (one transfer) into `history`."""
+        import torch
+
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        sums = torch.stack([r["_loss_sum"] for r in pending])
+        if self.acc.num_processes > 1:
+            sums = self.acc.reduce(sums, reduction="sum")
+        labels = torch.stack([torch.as_tensor(r["_label_tokens"], dtype=torch.float32, device=sums.device)
+                              for r in pending])
+        norms = torch.stack([r["_grad_norm"].to(sums.device) for r in pending])
+        flags = torch.stack([r["_bad"].to(sums.device) for r in pending]).float()
+        tripped = self._tripped.to(sums.device).float().reshape(1) if self._tripped is not None \
+            else torch.zeros(1, device=sums.device)
+        values = torch.cat([sums / labels.clamp(min=1), norms, flags, tripped]).tolist()
+        n = len(pending)
+        for i, r in enumerate(pending):
+            for key in [k for k in r if k.startswith("_")]:
+                del r[key]
+            r["step_tokens"] = int(r["step_tokens"])
+            r.update(loss=values[i], grad_norm=values[n + i], tokens=None)
+            if values[2 * n + i]:
+                r["skipped"] = True
+                if self._main():
+                    log.warning("step %d: non-finite loss or gradient (loss %s, gradient norm %s): update skipped",
+                                r["step"], values[i], values[n + i])
+        total = self.tokens_seen
+        for r in reversed(pending):  # tokens seen after each step, counted back from the running total
+            r["tokens"] = total
+            total -= r["step_tokens"]
+        self.history.extend(pending)
+        if values[-1]:
+            self._diverged(int(values[-1]))
+
+    def _diverged(self, at_step: int) -> None:
         from .checkpoint import latest_checkpoint
 
+        last = self.checkpoints[-1] if self.checkpoints else None
         last = last or latest_checkpoint(self.run_dir)
         where = f"the last good checkpoint is {last} (resume with --resume {last} and a lower learning rate)" \
             if last else "no checkpoint was saved yet"
+        n = self.cfg.max_nonfinite_steps
         raise TrainingDiverged(
-            f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm}. "
-            f"The update was not applied and nothing was saved; {where}. "
+            f"training diverged: {n} non-finite steps in a row (steps {at_step - n + 1}-{at_step}); "
+            f"each update was skipped, so the weights are those of step {at_step - n}; {where}. "
             "Try a lower learning_rate, a longer warmup, or max_grad_norm 1.0.")
 
     # ------------------------------------------------------------ logging
@@ -394,18 +628,24 @@ class Trainer:
     def _log_line(self, record: dict, window_s: float, window_tokens: int, elapsed: float, steps_here: int) -> None:
         from .log import human_count
 
-        tok_s = window_tokens / window_s if window_s > 0 else 0.0
+        from .train_step import peak_memory_gib
+
+        tok_s = float(window_tokens) / window_s if window_s > 0 else 0.0
         mfu = None
         if self.flops_per_token and self.peak_tflops:
             mfu = tok_s * self.flops_per_token / (self.peak_tflops * 1e12 * self.acc.num_processes)
         left = self.cfg.max_steps - record["step"]
         eta = elapsed / max(1, steps_here) * left
+        vram = peak_memory_gib(self.device_type)
         record.update(tok_s=round(tok_s, 1), mfu=mfu, elapsed_s=round(elapsed, 2))
+        if vram is not None:
+            record["peak_vram_gib"] = vram
         mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else "n/a"
         if not self._main():
             return
-        log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %s | ETA %s", record["step"], self.cfg.max_steps,
-                 record["loss"], record["lr"], human_count(tok_s), mfu_text, _duration(eta))
+        log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %s | ETA %s%s", record["step"], self.cfg.max_steps,
+                 record["loss"], record["lr"], human_count(tok_s), mfu_text, _duration(eta),
+                 f" | peak VRAM {vram:.2f} GiB" if vram is not None else "")
         self._write_metrics(record)
         self._tensorboard({"train/loss": record["loss"], "train/lr": record["lr"], "train/grad_norm": record["grad_norm"],
                            "train/tok_s": tok_s}, record["step"])
@@ -457,7 +697,8 @@ class Trainer:
     def _meta_json(self) -> dict:
         from .config import to_dict
 
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        self._flush()
+        losses = [h["loss"] for h in self.history[-self.cfg.log_every:] if math.isfinite(h["loss"])]
         return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
                 "data_state": self.batches.state_dict(), "config": self.meta.config, "training": to_dict(self.cfg),
                 "tokenizer_sha256": self.meta.tokenizer_sha256, "world_size": self.acc.num_processes,
@@ -467,6 +708,8 @@ class Trainer:
         from accelerate.utils import gather_object
 
         from .checkpoint import capture_rng_state, rotate_checkpoints, save_checkpoint, step_dir
+
+        self._flush()  # raises TrainingDiverged first if the run has tripped: no checkpoint after that
 
         rng_states = gather_object([capture_rng_state()]) if self.acc.num_processes > 1 else [capture_rng_state()]
         path = step_dir(self.run_dir, self.step)
@@ -538,15 +781,17 @@ class Trainer:
                 self.step += 1
                 steps_here += 1
                 window_tokens += record["step_tokens"]
-                self.history.append(record)
                 if self.step % cfg.log_every == 0 or self.step == stop_at:
+                    self._flush()  # the only place the step's figures are read back
                     now = time.perf_counter()
                     self._log_line(record, now - window_start, window_tokens, now - start, steps_here)
                     window_start, window_tokens = now, 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    self._flush()
                     self._evaluate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save()
+            self._flush()
         except torch.OutOfMemoryError:
             raise OutOfMemory(_oom_advice(cfg, self.step + 1)) from None
         elapsed = time.perf_counter() - start
@@ -564,13 +809,19 @@ class Trainer:
                            stopped_early=self.step < cfg.max_steps)
 
     def _recent_loss(self) -> float | None:
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        losses = [h["loss"] for h in self.history[-self.cfg.log_every:] if math.isfinite(h["loss"])]
         return sum(losses) / len(losses) if losses else None
 
     def _figures(self, elapsed: float) -> dict:
         figures = {"steps": self.step, "tokens_seen": self.tokens_seen, "final_loss": self._recent_loss(),
                    "train_seconds_this_process": round(elapsed, 2), "world_size": self.acc.num_processes,
-                   **self.meta.extra_figures}
+                   "skipped_steps": sum(1 for h in self.history if h.get("skipped")),
+                   "compiled": self.compiled, **self.meta.extra_figures}
+        from .train_step import peak_memory_gib
+
+        vram = peak_memory_gib(self.device_type)
+        if vram is not None:
+            figures["peak_vram_gib"] = vram
         if self.last_eval:
             figures.update(val_loss=self.last_eval["eval_loss"], val_perplexity=self.last_eval["eval_ppl"])
         return figures

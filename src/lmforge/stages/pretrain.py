@@ -222,10 +222,11 @@ def main(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, plan: Plan) -> int:
     from accelerate.utils import set_seed
 
-    from ..data_loader import PackedBatches, eval_batches
-    from ..model import build_model, choose_attention, flops_per_token, quiet_transformers
+    from ..data_loader import PackedBatches, Prefetcher, eval_batches
+    from ..decoder import build_decoder
+    from ..model import choose_attention, flops_per_token, quiet_transformers
     from ..model_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
-    from ..training import CheckpointMeta, make_accelerator, run_training
+    from ..training import CheckpointMeta, auto_split, make_accelerator, run_training
 
     quiet_transformers()
     t = plan.cfg.training
@@ -242,8 +243,10 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     accelerator.wait_for_everyone()
 
     set_seed(t.seed)
-    attn, why = choose_attention(accelerator.device.type)
-    model = build_model(plan.arch, plan.tokenizer.vocab_size, seed=t.seed, attn_implementation=attn)
+    attn, why = choose_attention(accelerator.device.type, accelerator.mixed_precision)
+    # lmforge's training decoder: Llama weights, fused step (lmforge.decoder); final/ is a plain HF Llama.
+    model = build_decoder(plan.arch, plan.tokenizer.vocab_size, seed=t.seed)
+    model.set_attention(attn)
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     if getattr(args, "init_from", None):
         from ..init_from import load_initial_weights
@@ -251,19 +254,28 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
         announce(plan, figures, attn, why, accelerator)
+    t = auto_split(model, t, figures["seq_length"], plan.tokenizer.vocab_size, accelerator)
     batches = PackedBatches([p.train for p in plan.packed], plan.weights, micro_batch=t.per_device_batch_size,
                             accumulation=t.gradient_accumulation_steps, rank=accelerator.process_index,
                             world=accelerator.num_processes, seed=t.seed)
+    if accelerator.device.type == "cuda":  # pinned batches read ahead by a thread: the copy overlaps compute
+        batches = Prefetcher(batches, t.gradient_accumulation_steps, pin=True)
     evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches, micro_batch=t.per_device_batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes)
     meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer.sha256, inputs=plan.inputs,
                           extra_figures={"parameters": figures["parameters"], "attention": attn,
                                          "tokens_per_step": figures["tokens_per_step"],
-                                         "mixed_precision": accelerator.mixed_precision})
-    result = run_training(model, batches, evals, t, plan.run_dir, accelerator=accelerator, meta=meta,
-                          resume_from=resume_from, flops_per_token=flops_per_token(plan.arch, figures["seq_length"],
-                                                                                   plan.tokenizer.vocab_size))
+                                         "mixed_precision": accelerator.mixed_precision,
+                                         "micro_batch": t.per_device_batch_size,
+                                         "gradient_accumulation_steps": t.gradient_accumulation_steps})
+    try:
+        result = run_training(model, batches, evals, t, plan.run_dir, accelerator=accelerator, meta=meta,
+                              resume_from=resume_from,
+                              flops_per_token=flops_per_token(plan.arch, figures["seq_length"], plan.tokenizer.vocab_size))
+    finally:
+        if isinstance(batches, Prefetcher):
+            batches.close()
     if main_process:
         if result.final_dir:
             from ..model_card import write_cards
