@@ -314,8 +314,10 @@ def describe_stage(planned: PlannedStage) -> dict[str, str]:
     try:
         if planned.stage.verb == QUICKSTART_DATA:
             from . import quickstart_data as module
-            parser = argparse.ArgumentParser()
+            from .cli import Parser, add_flag_aliases
+            parser = Parser()
             module.add_arguments(parser)
+            add_flag_aliases(parser)
         else:
             from .cli import build_parser
             module, parser = build_parser(planned.stage.verb)

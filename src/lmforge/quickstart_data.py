@@ -323,12 +323,14 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """`python -m lmforge.quickstart_data`: same error handling as the lmforge verbs."""
+    from .cli import Parser, add_flag_aliases
     from .errors import LmforgeError
     from .log import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m lmforge.quickstart_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m lmforge.quickstart_data", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    add_flag_aliases(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
