@@ -283,6 +283,9 @@ def test_dry_run_says_run_skip_or_blocked_with_the_reason(small_pipeline, capsys
 
     assert cli(["run", str(small_pipeline)]) == 0
     capsys.readouterr()
+    derived = json.loads((run / "qdata/mirror/DERIVED.json").read_text())["datasets"]   # says what it really is
+    assert set(derived) == {"EleutherAI/wikitext_document_level", "aps/super_glue", "tatsu-lab/alpaca",
+                            "OpenAssistant/oasst1"}
     assert cli(["run", str(small_pipeline), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert all(s.startswith("skip (up to date): ") for s in _states(out).values()), out
