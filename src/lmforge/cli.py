@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from . import __version__
 from .errors import LmforgeError
-from .log import LOG_LEVELS, setup_logging
+from .log import LOG_LEVELS, get_logger, setup_logging
 
 # verb -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lmforge.pipeline", "run a whole pipeline file, skipping up-to-date stages"),
     "report": ("lmforge.report", "regenerate REPORT.md for a pipeline run directory"),
 }
+
+
+# Verbs whose imports (torch, transformers, accelerate) take seconds before their first
+# line: they say so at once, so a slow start does not look like a hang.
+SLOW_START = {"pretrain": "training", "sft": "training"}
 
 
 def _overview() -> str:
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     module, parser = build_parser(verb)
     args = parser.parse_args(rest)
     setup_logging(args.log_level)
+    if verb in SLOW_START and os.environ.get("LOCAL_RANK", "0") == "0":
+        get_logger(__name__).info("lmforge %s: loading torch, transformers and accelerate before %s starts",
+                                  verb, SLOW_START[verb])
     try:
         return int(module.main(args) or 0)
     except LmforgeError as exc:

@@ -131,8 +131,9 @@ class TrainingProgress:
             self._bar.set_postfix_str(" | ".join(postfix), refresh=False)
             self._bar.update(step - self._bar.n)
             return
+        # the trainer always logs the last step itself: no second line for it here
         first = step == self.start_step + 1
-        if first or now - self._last_line >= self.interval_s or step == self.stop_at:
+        if step < self.stop_at and (first or now - self._last_line >= self.interval_s):
             self._print(self.summary(step, loss, tokens))
 
     def logged(self) -> None:
