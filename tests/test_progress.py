@@ -107,3 +107,52 @@ def test_training_reports_before_step_one_and_names_missing_trackers(tiny_packed
     assert start < step1
     assert sum("'wandb' was asked for but is not installed" in m for m in lines) == 1
     assert sum(m.startswith(("step 3/3 |", "pretrain step 3/3")) for m in lines) == 1   # the last step, once
+
+
+def test_an_installed_tracker_gets_config_scalars_and_finish_through_accelerate(tiny_packed, tmp_path, caplog):
+    """A tracker registered with accelerate (its own extension point for log_with) receives
+    the run's hyperparameters, the training and evaluation scalars, and finish()."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, register_tracker_class
+
+    from test_training import cfg, train
+
+    calls: dict[str, list] = {"start": [], "config": [], "log": [], "finish": []}
+
+    class Recorder(GeneralTracker):
+        name = "lmforge_test_recorder"
+        requires_logging_directory = True
+
+        def __init__(self, run_name, logging_dir, **kwargs):
+            super().__init__()
+            self.run_name, self.logging_dir = run_name, logging_dir
+
+        @property
+        def tracker(self):
+            return self
+
+        def start(self):
+            calls["start"].append(self.logging_dir)
+
+        def store_init_configuration(self, values):
+            calls["config"].append(values)
+
+        def log(self, values, step=None, **kwargs):
+            calls["log"].append((step, values))
+
+        def finish(self):
+            calls["finish"].append(True)
+
+    register_tracker_class(Recorder)
+    try:
+        with caplog.at_level(logging.INFO, logger="lmforge"):
+            train(tiny_packed, tmp_path / "run", cfg(max_steps=4, log_every=2, eval_every=2, tensorboard=False,
+                                                     report_to=Recorder.name))
+    finally:
+        LOGGER_TYPE_TO_CLASS.pop(Recorder.name, None)
+    assert calls["start"] == [str(tmp_path / "run")] and calls["config"] == [{"test": True}]
+    train_steps = [step for step, values in calls["log"] if "train/loss" in values]
+    assert train_steps == [2, 4]
+    assert {"train/lr", "train/grad_norm", "train/tok_s"} <= set(calls["log"][0][1])
+    assert any("eval/loss" in values for _, values in calls["log"])
+    assert calls["finish"] == [True]
+    assert any(m == f"experiment trackers: {Recorder.name}" for m in messages(caplog))

@@ -166,10 +166,13 @@ def requested_trackers(report_to: str | list[str] | None, tensorboard: bool) -> 
 
 
 def available_trackers() -> set[str]:
-    """Tracker names accelerate can run here (their packages are installed)."""
-    from accelerate.tracking import get_available_trackers
+    """Tracker names accelerate can run here: built-in ones whose package is installed, and
+    any tracker class registered with `accelerate.tracking.register_tracker_class`."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import LoggerType
 
-    return {str(t) for t in get_available_trackers()}
+    builtin = {str(t) for t in LoggerType}
+    return {str(t) for t in get_available_trackers()} | {n for n in LOGGER_TYPE_TO_CLASS if n not in builtin}
 
 
 class Trackers:
