@@ -441,7 +441,12 @@ def stage_statuses(stages: list[PlannedStage], chosen: list[PlannedStage], previ
                 verdict = (BLOCKED, f"needs {arg} from stage '{name}', which is not built and not selected "
                                     f"(add it, e.g. --from {name})")
                 break
-        status[planned.index] = verdict or _own_status(planned, previous)
+        if verdict is None:
+            try:
+                verdict = _own_status(planned, previous)
+            except OSError as exc:      # a dry run reports; it never stops on what it cannot read
+                verdict = (RUN, f"its output could not be checked ({exc})")
+        status[planned.index] = verdict
     return status
 
 
