@@ -109,9 +109,10 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
            "max sentences": human_count(cfg.max_sentences)}
     try:
         figures = load_manifest(cfg.corpus_dir, "corpus", verify="none").get("figures", {})
-        # `shards` is the list of shard files; `shard_count` (or its length) is the figure
+        # the corpus stage records `shards` as the list of shard files and `shard_count`
+        shards = figures.get("shard_count", figures.get("shards"))
         counts = {"documents": figures.get("documents"), "characters": figures.get("characters"),
-                  "shards": figures.get("shard_count", len(figures.get("shards") or []) or None)}
+                  "shards": len(shards) if isinstance(shards, list) else shards}
         out.update({f"corpus {key}": human_count(n) for key, n in counts.items() if isinstance(n, (int, float))})
     except ArtifactError:
         out["corpus status"] = "not built yet"
