@@ -332,14 +332,15 @@ def caveat(label: str, values: dict, by_stage: dict, device: str) -> tuple[str, 
     fingerprints = ((values.get("manifest") or {}).get("config") or {}).get("_data") or {}
     if label == "WikiText-2 PPL":
         source = (results.get("wikitext") or {}).get("source")
-        return _derived_caveat(_derived_fingerprint(fingerprints.get("wikitext")) or source, "WikiText-2")
+        return _derived_caveat(_derived_fingerprint(fingerprints.get("wikitext")) or source, "a WikiText-2 figure")
     if label == "BoolQ Accuracy":
         boolq = results.get("boolq") or {}
-        tag, note = _derived_caveat(_derived_fingerprint(fingerprints.get("boolq")) or boolq.get("source"), "BoolQ")
+        tag, note = _derived_caveat(_derived_fingerprint(fingerprints.get("boolq")) or boolq.get("source"),
+                                    "a BoolQ figure")
         dtag, dnote = degenerate_classifier(boolq)
         return "; ".join(t for t in (tag, dtag) if t), " ".join(n for n in (note, dnote) if n)
     if label == "SFT Perplexity":
-        return _derived_caveat(_sft_data_source(results, by_stage), "the SFT validation sets")
+        return _derived_caveat(_sft_data_source(results, by_stage), "a perplexity on the real Alpaca/OASST1 sets")
     if label == "Smoke Quality":
         return smoke_caveat(results.get("smoke") or {})
     if label.startswith("Tokens/sec"):
@@ -356,7 +357,7 @@ def _derived_caveat(source: str | None, real: str) -> tuple[str, str]:
 
     if not is_derived(source):
         return "", ""
-    return "derived data", f"measured on {source}, so it is not a {real} figure."
+    return "derived data", f"measured on {source}, so it is not {real}."
 
 
 def degenerate_classifier(boolq: dict) -> tuple[str, str]:
