@@ -259,3 +259,68 @@ def test_accelerate_launcher_runs_the_verb(tmp_path, capsys):
     assert "accelerate.commands.launch --mixed_precision bf16 -m lmforge.cli verify --help" in log.splitlines()[0]
     assert "usage: lmforge verify" in log
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------- dry run: run / skip / blocked
+
+def _states(out: str) -> dict[str, str]:
+    """stage name -> the dry run's '→ state: reason' line."""
+    import re
+
+    return dict(re.findall(r"\n\[\d+/\d+\] (\S+) \([^)]*\)\n  → ([^\n]+)", out))
+
+
+def test_dry_run_says_run_skip_or_blocked_with_the_reason(small_pipeline, capsys):
+    run = small_pipeline.parent / "run"
+    assert cli(["run", str(small_pipeline), "--dry-run"]) == 0
+    states = _states(capsys.readouterr().out)
+    assert states["corpus"].startswith("run: no complete output yet")
+    assert states["qdata"].startswith("run: stage 'corpus' runs first")
+    assert cli(["run", str(small_pipeline), "--dry-run", "--only", "qdata"]) == 0
+    out = capsys.readouterr().out
+    assert _states(out)["qdata"].startswith("blocked: needs ") and "from stage 'corpus', which is not built" in out
+    assert "0 to run, 0 up to date, 1 blocked" in out
+
+    assert cli(["run", str(small_pipeline)]) == 0
+    capsys.readouterr()
+    derived = json.loads((run / "qdata/mirror/DERIVED.json").read_text())["datasets"]   # says what it really is
+    assert set(derived) == {"EleutherAI/wikitext_document_level", "aps/super_glue", "tatsu-lab/alpaca",
+                            "OpenAssistant/oasst1"}
+    assert cli(["run", str(small_pipeline), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(s.startswith("skip (up to date): ") for s in _states(out).values()), out
+    assert "0 to run, 2 up to date, 0 blocked" in out
+
+    # an edited config reruns its stage, and the stage after it
+    import os
+    import time
+
+    config = small_pipeline.parent / "corpus.json"
+    later = time.time() + 5
+    os.utime(config, (later, later))
+    assert cli(["run", str(small_pipeline), "--dry-run"]) == 0
+    states = _states(capsys.readouterr().out)
+    assert states["corpus"] == f"run: {config} was edited after the output was built"
+    assert states["qdata"].startswith("run: stage 'corpus' runs first")
+    assert not any("describe() failed" in s for s in states.values())
+    assert json.loads((run / "pipeline_run.json").read_text())["stages"]["corpus"]["status"] == "ran"
+
+
+def test_tokenizer_describe_reads_a_real_corpus_manifest(tmp_path, capsys):
+    """The corpus stage records `shards` as a list of files: the tokenizer's dry run once
+    failed on it (TypeError: bad operand type for abs(): 'list')."""
+    from lmforge.artifacts import write_manifest
+
+    corpus = tmp_path / "corpus"
+    (corpus / "shards").mkdir(parents=True)
+    (corpus / "shards/shard_0000.jsonl").write_text('{"text": "a"}\n')
+    write_manifest(corpus, "corpus", config={}, outputs=["shards/shard_0000.jsonl"],
+                   figures={"documents": 1, "characters": 1, "shards": ["shards/shard_0000.jsonl"], "shard_count": 1})
+    pipeline = {"run_dir": str(tmp_path / "run"), "stages": [
+        {"name": "tok", "verb": "tokenizer", "args": {"--config": str(REPO / "config/quickstart/tokenizer.json"),
+                                                      "--corpus-dir": str(corpus), "--output-dir": "{run_dir}/tok"}}]}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(pipeline))
+    assert cli(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "corpus shards: 1" in out and "corpus documents: 1" in out and "note:" not in out

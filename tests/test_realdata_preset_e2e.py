@@ -43,4 +43,4 @@ def test_realdata_preset_runs_every_stage_with_one_tokenizer(tmp_path, mirror):
     check = subprocess.run([sys.executable, "-m", "lmforge.cli", "verify", str(run)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout[-3000:]
-    assert "## Métriques de Référence" in (run / "REPORT.md").read_text()
+    assert "## Reference metrics" in (run / "REPORT.md").read_text()

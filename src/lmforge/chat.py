@@ -1,8 +1,18 @@
 """Chat with a model in the terminal, in ChatML, with tokens streamed as they come.
 
-Type a message and press Enter. Commands: /reset (forget the conversation),
-/quit or /exit (or Ctrl-D). The conversation is kept as history and sent whole each
-turn; when it no longer fits the model's context, the oldest turns are dropped.
+Type a message and press Enter; arrow keys edit the line and recall earlier ones
+(readline; the history persists in $LMFORGE_CHAT_HISTORY, default
+~/.lmforge_chat_history). Commands:
+
+  /system TEXT   set the system message (kept at the head of the conversation)
+  /system        show it
+  /save FILE     write the conversation as JSON (messages in the ChatML roles)
+  /reset         forget the conversation (the system message stays)
+  /help          list the commands
+  /quit, /exit   leave (or Ctrl-D)
+
+The conversation is kept as history and sent whole each turn; when it no longer fits
+the model's context, the oldest turns are dropped.
 
 Example:
   lmforge chat --model_path checkpoints/sft/tiny/final --temperature 0.7 --top_p 0.9
@@ -11,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,31 +54,64 @@ class Reply:
     stopped_on_im_end: bool  # True when generation ended on <|im_end|>
 
 
+class IncrementalDecoder:
+    """Text of a growing list of token ids, handed out piece by piece, never taken back.
+
+    With byte fallback, one character can span several tokens (a CJK character or an
+    emoji is 3-4 byte tokens); until its last byte arrives, decoding ends in U+FFFD.
+    Such a tail is held back, not shown, so the shown text is always a prefix of the
+    final text: nothing is lost and nothing freezes. A U+FFFD that later tokens do not
+    resolve (the model produced invalid bytes) is shown once text follows it, or by
+    `flush()`.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Add ids; return the newly stable text ('' while a character is incomplete)."""
+        self.ids += [int(i) for i in ids]
+        text = self.tokenizer.decode(self.ids)
+        stable = text.rstrip("\ufffd")
+        return self._advance(stable)
+
+    def flush(self) -> str:
+        """Everything not shown yet, incomplete tail included (at the end of generation)."""
+        return self._advance(self.tokenizer.decode(self.ids))
+
+    def _advance(self, text: str) -> str:
+        if len(text) <= len(self.shown):
+            return ""
+        if not text.startswith(self.shown):
+            # Decoding rewrote text already shown (not expected with SentencePiece once
+            # incomplete tails are held back); printed text cannot be taken back.
+            log.debug("incremental decode diverged at character %d", len(os.path.commonprefix([text, self.shown])))
+        new, self.shown = text[len(self.shown):], text
+        return new
+
+
 class _TextStreamer:
     """A `generate` streamer that decodes with our tokenizer and hands out new text."""
 
     def __init__(self, tokenizer, on_text: Callable[[str], None], stop_ids: set[int]):
-        self.tokenizer, self.on_text, self.stop_ids = tokenizer, on_text, stop_ids
-        self.ids: list[int] = []
-        self.shown = ""
+        self.on_text, self.stop_ids = on_text, stop_ids
+        self.decoder = IncrementalDecoder(tokenizer)
         self.prompt_seen = False
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate() first passes the prompt itself
             self.prompt_seen = True
             return
-        self.ids += [int(t) for t in value.reshape(-1).tolist() if int(t) not in self.stop_ids]
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown) and len(text) > len(self.shown):
-            self.on_text(text[len(self.shown):])
-            self.shown = text
+        new = self.decoder.push([int(t) for t in value.reshape(-1).tolist() if int(t) not in self.stop_ids])
+        if new:
+            self.on_text(new)
 
     def end(self) -> None:
-        # Show what a not-yet-stable decode held back (e.g. a partial multi-byte character).
-        text = self.tokenizer.decode(self.ids)
-        if text != self.shown and text.startswith(self.shown):
-            self.on_text(text[len(self.shown):])
-            self.shown = text
+        new = self.decoder.flush()
+        if new:
+            self.on_text(new)
 
 
 def load_chat_model(model_path: str | Path, tokenizer_path: str | Path | None = None):
@@ -144,6 +188,78 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+HISTORY_ENV = "LMFORGE_CHAT_HISTORY"
+HELP = ("/system TEXT  set the system message | /system  show it | /save FILE  write the conversation (JSON) | "
+        "/reset  start over | /quit  leave")
+
+
+def enable_line_editing() -> Callable[[], None]:
+    """readline for input(): arrow keys, Ctrl-A/E, and a history kept across sessions.
+    Returns the function that saves the history (a no-op where readline is missing)."""
+    try:
+        import readline
+    except ImportError:        # e.g. Windows without pyreadline: plain input() still works
+        return lambda: None
+    path = Path(os.environ.get(HISTORY_ENV) or Path.home() / ".lmforge_chat_history").expanduser()
+    try:
+        readline.read_history_file(path)
+    except (OSError, ValueError):
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            readline.write_history_file(path)
+        except OSError as exc:
+            log.warning("could not save the chat history to %s: %s", path, exc)
+    return save
+
+
+def save_conversation(path: str, history: list[dict], args, sampling: Sampling) -> str:
+    """Write the conversation as JSON; return the line to show."""
+    from dataclasses import asdict
+
+    from .artifacts import atomic_write_json
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        return f"(cannot save: {target} is a directory)"
+    if not target.parent.is_dir():
+        return f"(cannot save: directory {target.parent} does not exist)"
+    atomic_write_json(target, {"model": str(args.model_path), "sampling": asdict(sampling), "messages": history})
+    turns = sum(1 for m in history if m["role"] != "system")
+    return f"(saved {turns} message(s) to {target})"
+
+
+def with_system(history: list[dict], system: str | None) -> list[dict]:
+    """The conversation with its system message replaced (or removed when None)."""
+    rest = [m for m in history if m["role"] != "system"]
+    return ([{"role": "system", "content": system}] if system else []) + rest
+
+
+def command(text: str, history: list[dict], args, sampling: Sampling) -> tuple[list[dict], str] | None:
+    """Run a /command: (new history, line to show), or None for /quit."""
+    name, _, rest = text.partition(" ")
+    rest = rest.strip()
+    if name in ("/quit", "/exit"):
+        return None
+    if name == "/reset":
+        system = next((m["content"] for m in history if m["role"] == "system"), None)
+        return with_system([], system), "(conversation reset)"
+    if name == "/system":
+        if not rest:
+            current = next((m["content"] for m in history if m["role"] == "system"), None)
+            return history, f"(system: {current})" if current else "(no system message; /system TEXT sets one)"
+        return with_system(history, rest), "(system message set)"
+    if name == "/save":
+        if not rest:
+            return history, "(usage: /save FILE)"
+        return history, save_conversation(rest, history, args, sampling)
+    if name == "/help":
+        return history, HELP
+    return history, f"(unknown command {name}; {HELP})"
+
+
 def main(args) -> int:
     import torch
 
@@ -152,9 +268,16 @@ def main(args) -> int:
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     context = int(getattr(model.config, "max_position_embeddings", 2048))
     budget = max(16, context - sampling.max_new_tokens)
-    start = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(start)
-    _say(f"lmforge chat: {args.model_path} (/reset to start over, /quit to leave)\n")
+    history = with_system([], args.system)
+    save_history = enable_line_editing()
+    _say(f"lmforge chat: {args.model_path} (/help for commands, /quit to leave)\n")
+    try:
+        return _loop(model, tokenizer, history, args, sampling, budget)
+    finally:
+        save_history()
+
+
+def _loop(model, tokenizer, history: list[dict], args, sampling: Sampling, budget: int) -> int:
     while True:
         try:
             line = input(USER_PROMPT)
@@ -162,11 +285,12 @@ def main(args) -> int:
             _say("\n")
             return 0
         text = line.strip()
-        if text in ("/quit", "/exit"):
-            return 0
-        if text == "/reset":
-            history = list(start)
-            _say("(conversation reset)\n")
+        if text.startswith("/"):
+            done = command(text, history, args, sampling)
+            if done is None:
+                return 0
+            history, message = done
+            _say(message + "\n")
             continue
         if not text:
             continue

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from . import __version__
 from .errors import LmforgeError
-from .log import LOG_LEVELS, setup_logging
+from .log import LOG_LEVELS, get_logger, setup_logging
 
 # verb -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Verbs whose imports (torch, transformers, accelerate) take seconds before their first
+# line: they say so at once, so a slow start does not look like a hang.
+SLOW_START = {"pretrain": "training", "sft": "training"}
+
+
 def _overview() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"lmforge {__version__}: raw text to an evaluated small chat model", "",
@@ -42,16 +48,66 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
+# Flags naming the same thing in different verbs: one accepts the others' spellings.
+TOKENIZER_FLAGS = ("--tokenizer-dir", "--tokenizer-path")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, where a prefix matching several spellings of ONE flag is not ambiguous."""
+
+    def _get_option_tuples(self, option_string):  # noqa: ANN001 - argparse's own signature
+        tuples, seen = [], set()
+        for item in super()._get_option_tuples(option_string):
+            if id(item[0]) not in seen:
+                seen.add(id(item[0]))
+                tuples.append(item)
+        return tuples
+
+
+def _kebab(option: str) -> str:
+    return "--" + option[2:].replace("_", "-")
+
+
+def flag_spellings(option: str) -> set[str]:
+    """`--x-y` and `--x_y` for a long option."""
+    kebab = _kebab(option)
+    return {kebab, "--" + kebab[2:].replace("-", "_")}
+
+
+def add_flag_aliases(parser: argparse.ArgumentParser) -> None:
+    """One flag vocabulary for every verb, applied after the verb declared its flags.
+
+    Each long option is accepted as `--x-y` and `--x_y`; the tokenizer flags
+    (`--tokenizer-dir`, `--tokenizer-path`, verify's `--tokenizer`) accept each other's
+    names. `--help` lists one canonical kebab-case spelling; the rest are hidden aliases
+    registered on the same action, so they parse into the same `dest`.
+    """
+    for action in list(parser._actions):
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs:
+            continue
+        canonical = _kebab(longs[0])
+        names = {_kebab(o) for o in longs}
+        if names & {*TOKENIZER_FLAGS, "--tokenizer"}:
+            names |= set(TOKENIZER_FLAGS)
+        for name in sorted(names):
+            for spelling in flag_spellings(name):
+                # never steal a spelling another flag of this verb already owns
+                parser._option_string_actions.setdefault(spelling, action)
+        action.option_strings = [o for o in action.option_strings if not o.startswith("--")] + [canonical]
+
+
 def build_parser(verb: str):
     """Import a verb's module and return (module, parser)."""
     module_name, help_ = COMMANDS[verb]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"lmforge {verb}", description=(module.__doc__ or help_).strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=f"lmforge {verb}", description=(module.__doc__ or help_).strip(),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    if not any("--log-level" in a.option_strings for a in parser._actions):
+    if not any(a.dest == "log_level" for a in parser._actions):
         parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                             help="logging verbosity (default: INFO)")
+    add_flag_aliases(parser)
     return module, parser
 
 
@@ -72,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     module, parser = build_parser(verb)
     args = parser.parse_args(rest)
     setup_logging(args.log_level)
+    if verb in SLOW_START and os.environ.get("LOCAL_RANK", "0") == "0":
+        get_logger(__name__).info("lmforge %s: loading torch, transformers and accelerate before %s starts",
+                                  verb, SLOW_START[verb])
     try:
         return int(module.main(args) or 0)
     except LmforgeError as exc:

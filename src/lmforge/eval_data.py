@@ -106,7 +106,7 @@ def load_wikitext(local_file: str | os.PathLike | None = None, *, limit: int | N
         source = str(path)
     else:
         pages = _pages_from_records(stream_hub(*hub, mirror=mirror, skips=skips), field, skips)
-        source = f"{hub[0]} ({hub[1]}, {hub[2]})"
+        source = hub_source(hub, mirror)
     records, partial = _capped(pages, limit)
     if not records:
         raise DataError(f"no WikiText document could be read from {source}")
@@ -135,11 +135,42 @@ def load_boolq(local_file: str | os.PathLike | None = None, *, limit: int | None
             raise DataError(f"BoolQ file not found: {path}")
         records, source = stream_files([str(path)], skips=skips), str(path)
     else:
-        records, source = stream_hub(*hub, mirror=mirror, skips=skips), f"{hub[0]} ({hub[1]}, {hub[2]})"
+        records, source = stream_hub(*hub, mirror=mirror, skips=skips), hub_source(hub, mirror)
     examples, partial = _capped(_boolq_examples(records, skips), limit)
     if not examples:
         raise DataError(f"no usable BoolQ example could be read from {source}")
     return Loaded(examples, partial, source)
+
+
+DERIVED_PREFIX = "derived quickstart data"
+
+
+def hub_source(hub: tuple[str, str | None, str], mirror: str | os.PathLike | None = None) -> str:
+    """How results name a hub dataset: its id, unless the mirror serves derived stand-in data.
+
+    The quickstart's mirror (lmforge.quickstart_data) holds a DERIVED.json that says what
+    each of its "hub" sets really is; results must not claim the real dataset for it.
+    """
+    import json
+
+    from .sources import resolve_mirror
+
+    name = f"{hub[0]} ({hub[1]}, {hub[2]})"
+    root = resolve_mirror(mirror)
+    marker = root / "DERIVED.json" if root is not None else None
+    if marker is None or not marker.is_file():
+        return name
+    try:
+        what = json.loads(marker.read_text(encoding="utf-8")).get("datasets", {}).get(hub[0])
+    except (OSError, ValueError, AttributeError):
+        what = None
+    if not what:
+        return name
+    return f"{DERIVED_PREFIX}: {what} (in the place of {name}; not the real dataset)"
+
+
+def is_derived(source: str | None) -> bool:
+    return bool(source) and str(source).startswith(DERIVED_PREFIX)
 
 
 def boolq_example(record: dict, position: int) -> BoolQExample | str:

@@ -48,6 +48,14 @@ MIRROR_FILES = {
     "oasst1": "mirror/OpenAssistant/oasst1/train/quickstart.jsonl",
 }
 RAW_WIKITEXT = "wiki.test.raw"
+# Beside the derived sets: says, to every reader of the mirror, what they really are.
+DERIVED_MARKER = "mirror/DERIVED.json"
+DERIVED_WHAT = {
+    "EleutherAI/wikitext_document_level": "WikiText-style pages of held-out Python documentation",
+    "aps/super_glue": "generated 'does the text mention <word>' yes/no questions on Python documentation",
+    "tatsu-lab/alpaca": "instruction pairs generated from Python documentation",
+    "OpenAssistant/oasst1": "conversation trees generated from Python documentation",
+}
 PRETRAIN_CORPUS = "pretrain_corpus"
 ALPACA_PROMPT = ("Below is an instruction that describes a task{with_input}. Write a response that appropriately "
                  "completes the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}")
@@ -249,7 +257,7 @@ def write_corpus(out: Path, records: list[dict], source_manifest: dict, shard_si
 
 def build(corpus_dir: Path, out: Path, cfg: QuickstartDataConfig) -> dict:
     """Write every data set and the manifest (last); return the figures."""
-    from .artifacts import atomic_write_text, prepare_output_dir, write_manifest
+    from .artifacts import atomic_write_json, atomic_write_text, prepare_output_dir, write_manifest
 
     manifest, records = read_corpus(corpus_dir)
     train, heldout = split_heldout(records, cfg)
@@ -261,13 +269,14 @@ def build(corpus_dir: Path, out: Path, cfg: QuickstartDataConfig) -> dict:
             "alpaca": alpaca_pairs(train, cfg), "oasst1": oasst_messages(train, cfg)}
     for name, rows in data.items():
         _write_jsonl(out / MIRROR_FILES[name], rows)
+    atomic_write_json(out / DERIVED_MARKER, {"derived_by": "lmforge quickstart-data", "datasets": DERIVED_WHAT})
     figures = {"source_documents": len(records), "train_documents": len(train), "heldout_documents": len(heldout),
                "wikitext_pages": len(pages), "boolq_items": len(data["boolq"]),
                "boolq_yes_rate": round(sum(i["label"] for i in data["boolq"]) / max(1, len(data["boolq"])), 4),
                "alpaca_pairs": len(data["alpaca"]), "oasst_messages": len(data["oasst1"]),
                "oasst_trees": len(data["oasst1"]) // 5}
     write_manifest(out, STAGE, config=to_dict(cfg), inputs={"corpus": corpus_dir},
-                   outputs=[RAW_WIKITEXT, *MIRROR_FILES.values()], figures=figures,
+                   outputs=[RAW_WIKITEXT, *MIRROR_FILES.values(), DERIVED_MARKER], figures=figures,
                    extra={"mirror": str(out / "mirror"), "pretrain_corpus": str(out / PRETRAIN_CORPUS)})
     return figures
 
@@ -323,12 +332,14 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """`python -m lmforge.quickstart_data`: same error handling as the lmforge verbs."""
+    from .cli import Parser, add_flag_aliases
     from .errors import LmforgeError
     from .log import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m lmforge.quickstart_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m lmforge.quickstart_data", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    add_flag_aliases(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:

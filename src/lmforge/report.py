@@ -5,8 +5,8 @@
 Reads what the run left behind and nothing else: `pipeline_run.json` (the runner's
 per-stage status and wall times), each stage's manifest.json (its figures), the
 evaluation `results.json` files and the training `metrics.jsonl` files. It writes
-`REPORT.md` with the plan's "Métriques de Référence" tables (expected and obtained side
-by side), PNG plots of loss, learning rate and throughput (`plots/`), the tokenizer
+`REPORT.md` with the plan's reference tables (expected and obtained side by side, with
+caveats: derived data, degenerate classifiers, format-only scores, unlike hardware), PNG plots of loss, learning rate and throughput (`plots/`), the tokenizer
 lineage table and the machine. Run it again at any time; it is rebuilt from scratch.
 """
 
@@ -154,8 +154,33 @@ def _series(rows: list[dict], keys: tuple[str, ...]) -> tuple[list[float], list[
 
 # ---------------------------------------------------------------- plots
 
-def plot_metrics(rows: list[dict], label: str, out_dir: Path) -> list[Path]:
-    """loss, learning-rate and throughput PNGs (only those with data)."""
+def expected_range(text: str) -> tuple[float, float] | None:
+    """'2.8-3.2' or '~600-800' -> (low, high); None when the plan gives no range."""
+    import re
+
+    match = re.search(r"([\d.]+)\s*-\s*([\d.]+)", text.replace(",", ""))
+    return (float(match.group(1)), float(match.group(2))) if match else None
+
+
+def _tokens_axis(rows: list[dict]) -> dict[float, float]:
+    """step -> tokens seen, from the training rows (evaluation rows record only the step)."""
+    return {row["step"]: float(row["tokens"]) for row in rows
+            if isinstance(row.get("step"), (int, float)) and isinstance(row.get("tokens"), (int, float))}
+
+
+def _at_tokens(steps: list[float], axis: dict[float, float]) -> list[float] | None:
+    """Tokens seen at each step (linear between logged steps: every step has the same batch)."""
+    if not axis:
+        return None
+    known = sorted(axis.items())
+    per_step = known[-1][1] / known[-1][0] if known[-1][0] else 0.0
+    return [axis.get(s, s * per_step) for s in steps]
+
+
+def plot_metrics(rows: list[dict], label: str, out_dir: Path, *, loss_range: tuple[float, float] | None = None,
+                 throughput_range: tuple[float, float] | None = None) -> list[Path]:
+    """PNGs: loss against tokens seen (validation points, the plan's expected final range),
+    learning rate, gradient norm and throughput (from 0) against steps; only those with data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,23 +188,34 @@ def plot_metrics(rows: list[dict], label: str, out_dir: Path) -> list[Path]:
 
     from .artifacts import atomic_path
 
-    specs = [("loss", "loss", [("train", LOSS_KEYS), ("validation", VAL_LOSS_KEYS)]),
-             ("lr", "learning rate", [("lr", LR_KEYS)]),
-             ("throughput", "tokens / s", [("tok/s", THROUGHPUT_KEYS)])]
+    axis = _tokens_axis(rows)
+    specs = [("loss", "loss", [("train", LOSS_KEYS), ("validation", VAL_LOSS_KEYS)], loss_range, "plan: final loss"),
+             ("lr", "learning rate", [("lr", LR_KEYS)], None, ""),
+             ("grad_norm", "gradient norm (before clipping)", [("grad norm", ("grad_norm",))], None, ""),
+             ("throughput", "tokens / s", [("tok/s", THROUGHPUT_KEYS)], throughput_range, "plan: RTX 4090")]
     written = []
-    for name, ylabel, lines in specs:
+    for name, ylabel, lines, band, band_label in specs:
         curves = [(legend, *_series(rows, keys)) for legend, keys in lines]
         curves = [c for c in curves if c[1]]
         if not curves:
             continue
+        by_tokens = name == "loss" and bool(axis)
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         for legend, xs, ys in curves:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=legend)
-        ax.set_xlabel("step")
+            xs = _at_tokens(xs, axis) if by_tokens else xs
+            if legend == "validation":     # a few evaluations: points, not a line
+                ax.plot(xs, ys, linestyle="none", marker="D", markersize=5, label=legend)
+            else:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=legend)
+        if band is not None:
+            ax.axhspan(*band, color="tab:green", alpha=0.15, label=band_label)
+        ax.set_xlabel("tokens seen" if by_tokens else "step")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{label}: {ylabel}")
         ax.grid(alpha=0.3)
-        if len(curves) > 1:
+        if name == "throughput":
+            ax.set_ylim(bottom=0)       # a rate axis cut above 0 exaggerates every wiggle
+        if len(curves) > 1 or band is not None:
             ax.legend()
         fig.tight_layout()
         path = out_dir / f"{label}_{name}.png"
@@ -261,23 +297,147 @@ def _from_metrics(label: str, rows: list[dict], source: str) -> tuple[float | No
 
 
 def metrics_section(by_stage: dict, metric_rows: dict[str, list[dict]], run_dir: Path) -> list[str]:
-    lines = ["## Métriques de Référence", "",
-             "Expected values are the plan's, for the 23M model on 600M tokens (RTX 4090); a quickstart or a",
-             "scaled-down run is orders of magnitude smaller, so its values are not expected to fall in range.", ""]
-    for title, table in (("Pré-training", PRETRAIN_METRICS), ("SFT", SFT_METRICS)):
+    lines = ["## Reference metrics", "",
+             "The plan's reference tables (its French column names kept). Expected values are the plan's, for the",
+             "23M model on 600M tokens (RTX 4090); a quickstart or a scaled-down run is orders of magnitude smaller,",
+             "so its values are not expected to fall in range. Caveats are written beside the value they concern.", ""]
+    device = training_device(by_stage)
+    for title, table in (("Pretraining", PRETRAIN_METRICS), ("SFT", SFT_METRICS)):
         lines += [f"### {title}", "", "| Métrique | Attendu | Obtenu | source |", "|---|---|---|---|"]
+        notes: list[str] = []
         for label, expected, stage, keys, fmt in table:
-            value, source = None, "-"
+            value, source, values = None, "-", {}
             best = _best(by_stage.get(stage, []))
             if best is not None:
-                value = find_value(stage_values(*best), keys)
+                values = stage_values(*best)
+                value = find_value(values, keys)
                 source = f"`{shown(best[0], run_dir)}`"
             if value is None and stage in metric_rows:
                 value, source = _from_metrics(label, metric_rows[stage], source)
             obtained = fmt.format(value) if value is not None else "n/a"
+            if value is not None:
+                tag, note = caveat(label, values, by_stage, device)
+                obtained += f" ({tag})" if tag else ""
+                notes += [f"- **{label}**: {note}"] if note else []
             lines.append(f"| {label} | {expected} | {obtained} | {source} |")
-        lines.append("")
+        lines += [""] + (notes + [""] if notes else [])
     return lines
+
+
+# ---------------------------------------------------------------- caveats: what a bare number would overstate
+
+def caveat(label: str, values: dict, by_stage: dict, device: str) -> tuple[str, str]:
+    """(short tag for the table cell, sentence for the notes) when a value needs one."""
+    results = values.get("results.json") or {}
+    fingerprints = ((values.get("manifest") or {}).get("config") or {}).get("_data") or {}
+    if label == "WikiText-2 PPL":
+        source = (results.get("wikitext") or {}).get("source")
+        return _derived_caveat(_derived_fingerprint(fingerprints.get("wikitext")) or source, "a WikiText-2 figure")
+    if label == "BoolQ Accuracy":
+        boolq = results.get("boolq") or {}
+        tag, note = _derived_caveat(_derived_fingerprint(fingerprints.get("boolq")) or boolq.get("source"),
+                                    "a BoolQ figure")
+        dtag, dnote = degenerate_classifier(boolq)
+        return "; ".join(t for t in (tag, dtag) if t), " ".join(n for n in (note, dnote) if n)
+    if label == "SFT Perplexity":
+        return _derived_caveat(_sft_data_source(results, by_stage), "a perplexity on the real Alpaca/OASST1 sets")
+    if label == "Smoke Quality":
+        return smoke_caveat(results.get("smoke") or {})
+    if label.startswith("Tokens/sec"):
+        if "4090" in device:
+            return "", ""
+        return (f"{device}: not comparable",
+                f"measured on {device}; the plan's ~600-800 is for an RTX 4090 (and its own model and batch), "
+                "so the two numbers cannot be compared.")
+    return "", ""
+
+
+def _derived_caveat(source: str | None, real: str) -> tuple[str, str]:
+    from .eval_data import is_derived
+
+    if not is_derived(source):
+        return "", ""
+    return "derived data", f"measured on {source}, so it is not {real}."
+
+
+def degenerate_classifier(boolq: dict) -> tuple[str, str]:
+    """A yes/no classifier that always says one thing, or does no better than the majority class."""
+    acc, yes = boolq.get("accuracy"), boolq.get("yes_rate")
+    base, err = boolq.get("majority_baseline"), boolq.get("accuracy_stderr")
+    if isinstance(yes, (int, float)) and yes in (0, 0.0, 1, 1.0):
+        answer = "yes" if yes else "no"
+        return (f"degenerate: always '{answer}'",
+                f"The model answered '{answer}' to every question (yes-rate {yes:.0%}); the accuracy is the share "
+                f"of '{answer}' answers in the data, not reading comprehension.")
+    if all(isinstance(v, (int, float)) for v in (acc, base, err)) and abs(acc - base) <= err:
+        return ("≈ majority baseline",
+                f"Accuracy {acc:.1%} is within one standard error ({err:.1%}) of always answering the majority "
+                f"class ({base:.1%}): no evidence the model does better than that.")
+    return "", ""
+
+
+def smoke_caveat(smoke: dict) -> tuple[str, str]:
+    """The quality score is mostly format rules; say so, and show the content rules apart."""
+    rates = smoke.get("rule_pass_rates") or {}
+    content = {k: v for k, v in rates.items() if k.startswith(("keyword", "regex"))}
+    detail = ", ".join(f"{k} {v:.2f}" for k, v in content.items())
+    note = ("the score averages format rules (stops on <|im_end|>, no role leakage, not empty, no repetition) "
+            "with the few content rules; fluent nonsense passes the format rules. "
+            + (f"Content rules alone: {detail}." if detail else "No case has a content rule."))
+    return "format-only", note
+
+
+def _sft_data_source(results: dict, by_stage: dict) -> str | None:
+    """The SFT validation data were derived when any sft-data set read a derived mirror."""
+    for _, manifest in by_stage.get("sft-data", []):
+        found = _derived_fingerprint(((manifest.get("config") or {}).get("_data")))
+        if found:
+            return found
+    return None
+
+
+def _derived_fingerprint(fingerprint: dict | None) -> str | None:
+    """A stage's data fingerprint (lmforge.sources.data_fingerprint) names the mirror files
+    it read; files under a quickstart-data output (its DERIVED.json, or its manifest for
+    runs made before the marker existed) are derived data."""
+    from .eval_data import DERIVED_PREFIX
+
+    for path in (fingerprint or {}).get("mirror_files") or {}:
+        for parent in Path(path).parents:
+            manifest = _read_json(parent / "manifest.json") if (parent / "manifest.json").is_file() else None
+            if (parent / "DERIVED.json").is_file() or (isinstance(manifest, dict)
+                                                       and manifest.get("stage") == "quickstart-data"):
+                hub = (fingerprint or {}).get("hub") or ["?"]
+                return (f"{DERIVED_PREFIX}: files generated by lmforge quickstart-data under {parent}, "
+                        f"in the place of {hub[0]}")
+    return None
+
+
+def training_device(by_stage: dict) -> str:
+    """Where the run's models were evaluated (the eval results record it), else this machine."""
+    for stage in ("eval", "eval-sft"):
+        best = _best(by_stage.get(stage, []))
+        device = ((stage_values(*best).get("results.json") or {}).get("device") if best else None)
+        if device:
+            return _device_name(str(device))
+    return _device_name("cuda" if _cuda() else "cpu")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and _cuda():
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return "CPU" if device.startswith("cpu") else device
 
 
 def machine_section() -> list[str]:
@@ -315,8 +475,13 @@ def build_report(run_dir: Path) -> str:
     lines += evaluation_section(by_stage, run_dir)  # lmforge.evaluation_report: all tasks, chance, decontamination
     lines += ["## Training curves", ""]
     plots_dir = run_dir / PLOTS
+    device = training_device(by_stage)
     for stage, rows in metric_rows.items():
-        written = plot_metrics(rows, stage, plots_dir)
+        table = PRETRAIN_METRICS if stage == "pretrain" else SFT_METRICS
+        expected = {label: text for label, text, *_ in table}
+        written = plot_metrics(rows, stage, plots_dir, loss_range=expected_range(expected["Final Loss"]),
+                               throughput_range=expected_range(expected.get("Tokens/sec (4090)", ""))
+                               if "4090" in device else None)
         lines.append(f"{stage}: {len(rows)} logged points from `{shown(metric_paths[stage], run_dir)}`")
         lines += [""] + [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in written] + [""]
     if not metric_rows:

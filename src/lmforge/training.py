@@ -97,6 +97,8 @@ class TrainingConfig:
     mixed_precision: str | None = spec(None, choices=(None, "no", "bf16", "fp16"),
                                        help="null: as `accelerate launch` says (default no)")
     tensorboard: bool = spec(True, help="also write TensorBoard events when tensorboard is installed")
+    report_to: str = spec("", help="experiment trackers through accelerate, comma-separated (tensorboard, wandb, "
+                          "trackio, mlflow, ...); a missing one is one warning line. Not part of the run identity")
     peak_tflops: float | None = spec(None, min=0.0, help="device peak for MFU; null: known GPUs, else MFU not shown")
     stop_after_steps: int | None = spec(None, min=1, help="stop (with a checkpoint) after this step without "
                                         "changing the schedule; for time-sliced jobs. Not part of the run identity")
@@ -438,6 +440,12 @@ class Trainer:
     def tokens_seen(self, value: int) -> None:
         self._tokens_host, self._tokens_device = int(value), None
 
+    def _tokens_known(self) -> int:
+        """Tokens seen as far as the host knows without reading the device (progress display)."""
+        if self._tokens_device is None:
+            return self._tokens_host
+        return self.history[-1]["tokens"] if self.history else self._tokens_host
+
     def _main(self) -> bool:
         return self.acc.is_main_process
 
@@ -657,17 +665,14 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _tensorboard(self, scalars: dict, step: int) -> None:
-        if not (self._main() and self.cfg.tensorboard):
-            return
+        """Every experiment tracker (lmforge.progress.Trackers), TensorBoard included."""
         if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.cfg.tensorboard = False
-                return
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        for key, value in scalars.items():
-            self._tb.add_scalar(key, value, step)
+            from .progress import Trackers, requested_trackers
+
+            asked, optional = requested_trackers(self.cfg.report_to, self.cfg.tensorboard)
+            self._tb = Trackers(self.acc, self.run_dir, asked=asked, optional=optional,
+                                project=f"lmforge-{self.meta.stage}", config=self.meta.config)
+        self._tb.log(scalars, step)
 
     def _truncate_metrics(self, step: int) -> None:
         """A resumed run rewrites history after its checkpoint, so metrics.jsonl must forget it."""
@@ -775,17 +780,21 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         window_start, window_tokens, steps_here = start, 0, 0
+        watch = self._watch(stop_at)
         try:
             while self.step < stop_at:
                 record = self._train_step()
                 self.step += 1
                 steps_here += 1
                 window_tokens += record["step_tokens"]
+                # figures already on the host only: the bar never forces a device read
+                watch.step(self.step, self.history[-1]["loss"] if self.history else None, self._tokens_known())
                 if self.step % cfg.log_every == 0 or self.step == stop_at:
                     self._flush()  # the only place the step's figures are read back
                     now = time.perf_counter()
                     self._log_line(record, now - window_start, window_tokens, now - start, steps_here)
                     window_start, window_tokens = now, 0
+                    watch.logged()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                     self._flush()
                     self._evaluate()
@@ -794,6 +803,8 @@ class Trainer:
             self._flush()
         except torch.OutOfMemoryError:
             raise OutOfMemory(_oom_advice(cfg, self.step + 1)) from None
+        finally:
+            watch.close()
         elapsed = time.perf_counter() - start
         final_dir = None
         if self.step >= cfg.max_steps:
@@ -802,11 +813,22 @@ class Trainer:
         elif not self.checkpoints or self.checkpoints[-1].name != f"step_{self.step}":
             self._save()  # stopped early on purpose: leave a checkpoint to resume from
         if self._tb is not None:
-            self._tb.close()
+            self._tb.finish()
         return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
                            final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
                            checkpoints=list(self.checkpoints), history=self.history,
                            stopped_early=self.step < cfg.max_steps)
+
+    def _watch(self, stop_at: int):
+        """The live bar / periodic lines (lmforge.progress); its first line comes before step 1."""
+        from .progress import TrainingProgress
+
+        self._tensorboard({}, self.step)    # start the trackers now: a missing one is said before step 1
+        peak = self.peak_tflops * 1e12 * self.acc.num_processes if self.peak_tflops else None
+        watch = TrainingProgress(self.cfg.max_steps, start_step=self.step, stop_at=stop_at, label=self.meta.stage,
+                                 main=self._main(), flops_per_token=self.flops_per_token, peak_flops=peak)
+        watch.start()
+        return watch
 
     def _recent_loss(self) -> float | None:
         losses = [h["loss"] for h in self.history[-self.cfg.log_every:] if math.isfinite(h["loss"])]

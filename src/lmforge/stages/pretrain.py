@@ -126,6 +126,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     run_dir = Path(args.output_dir) / arch.name
     training = to_dict(cfg.training)
     training.pop("stop_after_steps")  # stopping early does not change what the run is
+    training.pop("report_to", None)  # where metrics are sent does not change what the run is
     identity = {"architecture": to_dict(arch), "architecture_file": str(arch_path), "training": training,
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights}

@@ -127,6 +127,7 @@ def resolve(args) -> Plan:
     sft_dict = to_dict(cfg)
     # A time-slicing stop does not change what is trained: keep it out of the run identity.
     sft_dict["training"].pop("stop_after_steps", None)
+    sft_dict["training"].pop("report_to", None)  # where metrics are sent does not change what the run is
     config_dict = {"sft": sft_dict, "data_dirs": [str(d) for d in args.data_dirs], "data_weights": weights}
     inputs = {"base_model": args.model_path, "tokenizer": args.tokenizer_path}
     inputs.update({f"sft_data_{i}": d for i, d in enumerate(args.data_dirs)})

@@ -109,9 +109,11 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
            "max sentences": human_count(cfg.max_sentences)}
     try:
         figures = load_manifest(cfg.corpus_dir, "corpus", verify="none").get("figures", {})
-        for key in ("documents", "characters", "shards"):
-            if key in figures:
-                out[f"corpus {key}"] = human_count(figures[key])
+        # the corpus stage records `shards` as the list of shard files and `shard_count`
+        shards = figures.get("shard_count", figures.get("shards"))
+        counts = {"documents": figures.get("documents"), "characters": figures.get("characters"),
+                  "shards": len(shards) if isinstance(shards, list) else shards}
+        out.update({f"corpus {key}": human_count(n) for key, n in counts.items() if isinstance(n, (int, float))})
     except ArtifactError:
         out["corpus status"] = "not built yet"
     return out
