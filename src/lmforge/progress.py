@@ -131,10 +131,20 @@ class TrainingProgress:
             self._bar.set_postfix_str(" | ".join(postfix), refresh=False)
             self._bar.update(step - self._bar.n)
             return
+        if self.line_due(step):
+            self._print(self.summary(step, loss, tokens))
+
+    def line_due(self, step: int) -> bool:
+        """Whether `step` prints a line (off a terminal): the first step, then every interval.
+
+        The trainer reads its device-side figures back only when this is true, so a
+        heartbeat costs one host sync per interval, never one per step.
+        """
+        if not self.main or self._bar is not None:
+            return False
         # the trainer always logs the last step itself: no second line for it here
         first = step == self.start_step + 1
-        if step < self.stop_at and (first or now - self._last_line >= self.interval_s):
-            self._print(self.summary(step, loss, tokens))
+        return step < self.stop_at and (first or time.perf_counter() - self._last_line >= self.interval_s)
 
     def logged(self) -> None:
         """The trainer just printed its own progress line: the next heartbeat can wait."""

@@ -787,6 +787,8 @@ class Trainer:
                 self.step += 1
                 steps_here += 1
                 window_tokens += record["step_tokens"]
+                if watch.line_due(self.step):
+                    self._flush()  # a heartbeat line: one read-back per interval, not per step
                 # figures already on the host only: the bar never forces a device read
                 watch.step(self.step, self.history[-1]["loss"] if self.history else None, self._tokens_known())
                 if self.step % cfg.log_every == 0 or self.step == stop_at:
