@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .artifacts import release_all_locks
+
+        release_all_locks()  # a verb called in-process (tests, the Python API) leaves no lock behind
 
 
 if __name__ == "__main__":

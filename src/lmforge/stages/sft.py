@@ -144,9 +144,10 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     """The base model (fp32 master weights) wrapped with trainable LoRA adapters."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    from ..model_io import load_causal_lm
+
+    base = load_causal_lm(model_path, torch.float32)  # no custom code, safetensors only
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
     missing = [m for m in lora.target_modules if m not in present]
     if missing:
