@@ -71,10 +71,21 @@ class Stage:
     def check(self) -> list[str]:
         from .cli import COMMANDS
 
+        from .artifacts import safe_name
+        from .errors import ConfigError
+
         known = [v for v in COMMANDS if v not in ("run",)] + [QUICKSTART_DATA]
+        problems = []
         if self.verb not in known:
-            return [f"stages[{self.name}].verb: unknown verb {self.verb!r} (known: {', '.join(known)})"]
-        return []
+            problems.append(f"stages[{self.name}].verb: unknown verb {self.verb!r} (known: {', '.join(known)})")
+        for key in ("name", "log"):  # both become file names under <run_dir>/logs
+            value = getattr(self, key)
+            try:
+                if value is not None:
+                    safe_name(value, f"stages[{self.name}].{key}")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
 
 
 @dataclasses.dataclass

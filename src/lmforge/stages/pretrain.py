@@ -100,7 +100,7 @@ def load_stage_config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    from ..artifacts import check_tokenizer_lineage
+    from ..artifacts import check_tokenizer_lineage, child_dir
     from ..data_loader import normalise_weights, open_packed_dir
     from ..model import load_architecture
     from ..tokenizer import load_tokenizer
@@ -121,7 +121,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"{arch_path}: max_position_embeddings ({arch.max_position_embeddings}) is shorter than "
                           f"the packed sequences ({seq_length})")
     weights = normalise_weights(args.data_weights, len(packed))
-    run_dir = Path(args.output_dir) / arch.name
+    run_dir = child_dir(args.output_dir, arch.name, f"{arch_path}: name")  # never "../x" or "/abs"
     training = to_dict(cfg.training)
     training.pop("stop_after_steps")  # stopping early does not change what the run is
     identity = {"architecture": to_dict(arch), "architecture_file": str(arch_path), "training": training,
