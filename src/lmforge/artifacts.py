@@ -351,6 +351,12 @@ def cached_sha256(path: str | os.PathLike) -> str:
     manifest every time, so an edited manifest is caught; a changed file changes
     its signature and is rehashed. An unwritable directory just means no cache.
     """
+    return cached_file_fact(path, "sha256", sha256_file)
+
+
+def cached_file_fact(path: str | os.PathLike, key: str, compute) -> Any:
+    """`compute(path)` (JSON data), remembered in the folder's cache until the file's
+    (size, mtime, inode) changes. Used for content checks too costly to redo per run."""
     p = Path(path)
     cache_path = p.parent / CACHE_NAME
     try:
@@ -361,16 +367,19 @@ def cached_sha256(path: str | os.PathLike) -> str:
         cache = {}
     signature = _signature(p)
     entry = cache.get(p.name)
-    if isinstance(entry, dict) and entry.get("signature") == signature and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = sha256_file(p)
-    if _signature(p) == signature:  # unchanged while hashing: safe to remember
-        cache[p.name] = {"signature": signature, "sha256": digest}
+    if not isinstance(entry, dict) or entry.get("signature") != signature:
+        entry = {"signature": signature}
+    if key in entry:
+        return entry[key]
+    value = compute(p)
+    if _signature(p) == signature:  # unchanged while computing: safe to remember
+        entry[key] = value
+        cache[p.name] = entry
         try:
             atomic_write_json(cache_path, cache)
         except OSError:
             pass  # read-only input: no cache, still checked
-    return digest
+    return value
 
 
 # ---------------------------------------------------------------- one writer per directory

@@ -20,7 +20,7 @@ from .artifacts import check_tokenizer_lineage, load_manifest, read_json
 from .errors import ArtifactError, ConfigError
 from .log import get_logger
 from .metrics.loglikelihood import check_scorable
-from .tokenizer import SPECIAL_TOKENS, load_tokenizer
+from .tokenizer import SPECIAL_TOKENS, load_tokenizer_artifact
 
 log = get_logger(__name__)
 
@@ -128,7 +128,7 @@ def check_lineage(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike
                   stages: tuple[str, ...] = MODEL_STAGES) -> tuple[dict, str]:
     """The model's manifest and the tokenizer's sha256, after checking they agree."""
     manifest = load_manifest(model_dir, stages)
-    tokenizer = load_tokenizer(tokenizer_dir)  # also checks spm.model against its recorded sha256
+    tokenizer = load_tokenizer_artifact(tokenizer_dir)  # manifest required; spm.model sha256 checked
     check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {tokenizer_dir}",
                             manifest.get("tokenizer_sha256"), f"model {model_dir} (manifest.json)")
     return manifest, tokenizer.sha256

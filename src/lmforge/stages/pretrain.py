@@ -103,12 +103,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
     from ..artifacts import check_tokenizer_lineage, child_dir
     from ..data_loader import normalise_weights, open_packed_dir
     from ..model import load_architecture
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer_artifact
 
     cfg = load_stage_config(args)
     arch_path = resolve_architecture_path(cfg.architecture, Path(args.config))
     arch = load_architecture(arch_path)
-    tokenizer = load_tokenizer(args.tokenizer_dir)
+    tokenizer = load_tokenizer_artifact(args.tokenizer_dir)
     packed = [open_packed_dir(d) for d in args.data_dirs]
     for p in packed:
         check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_dir}", p.tokenizer_sha256,

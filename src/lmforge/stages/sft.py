@@ -98,12 +98,12 @@ class Plan:
 def resolve(args) -> Plan:
     """Validate config and flags, and check tokenizer lineage across all inputs."""
     from ..sft_dataset import STAGE as DATA_STAGE, normalise_weights
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer_artifact
 
     overrides = parse_set_overrides(args.set)
     overrides.update(scaled_warmup(args.config, overrides))
     cfg = load_config(args.config, SFTConfig, overrides)
-    tokenizer = load_tokenizer(args.tokenizer_path)
+    tokenizer = load_tokenizer_artifact(args.tokenizer_path)
     base = load_manifest(args.model_path, ("pretrain", "sft"))
     check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}",
                             base.get("tokenizer_sha256"), f"base model {args.model_path}")

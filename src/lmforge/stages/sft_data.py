@@ -29,7 +29,7 @@ from ..log import get_logger, human_count, peak_rss_mb, progress
 from ..sft_dataset import STAGE, SPLITS, SplitWriter, split_files
 from ..sft_sources import SourceConfig, iter_conversations
 from ..sources import data_fingerprint
-from ..tokenizer import CONFIG_FILE, load_tokenizer
+from ..tokenizer import CONFIG_FILE, load_tokenizer_artifact
 
 log = get_logger(__name__)
 SAMPLES_FILE = "samples.jsonl"
@@ -86,7 +86,7 @@ def describe(args) -> dict[str, str]:
 
 def main(args) -> int:
     cfg = resolve_config(args)
-    tokenizer = load_tokenizer(args.tokenizer_dir)
+    tokenizer = load_tokenizer_artifact(args.tokenizer_dir)
     out = Path(args.output_dir)
     config_dict = {**to_dict(cfg), "_data": data_fingerprint(
         hub=(cfg.source.hub_id, cfg.source.hub_config, cfg.source.split) if cfg.source.hub_id else None,
