@@ -434,8 +434,9 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not (self._main() and path.is_file()):
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        from .checkpoint import metrics_lines_up_to
+
+        kept = metrics_lines_up_to(path, step)  # tolerates a line torn by a kill
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ------------------------------------------------------------ eval & checkpoints
@@ -457,11 +458,14 @@ class Trainer:
     def _meta_json(self) -> dict:
         from .config import to_dict
 
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        from .checkpoint import loss_window
+
+        losses = loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
         return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
                 "data_state": self.batches.state_dict(), "config": self.meta.config, "training": to_dict(self.cfg),
                 "tokenizer_sha256": self.meta.tokenizer_sha256, "world_size": self.acc.num_processes,
-                "recent_loss": sum(losses) / len(losses) if losses else None, "last_eval": self.last_eval}
+                "recent_loss": sum(losses) / len(losses) if losses else None, "recent_losses": losses,
+                "last_eval": self.last_eval}
 
     def _save(self) -> None:
         from accelerate.utils import gather_object
@@ -510,13 +514,14 @@ class Trainer:
     # ------------------------------------------------------------ resume & fit
 
     def resume(self, ckpt: Path) -> None:
-        from .checkpoint import load_checkpoint, restore_rng_state
+        from .checkpoint import load_checkpoint, restore_rng_state, restored_losses
 
         state = load_checkpoint(ckpt, model=self.unwrapped, optimizer=self.optimizer, rank=self.acc.process_index)
         meta = state["meta"]
         self.step = int(meta["step"])
         self.tokens_seen = int(meta["tokens_seen"])
         self.last_eval = meta.get("last_eval")
+        self.prior_losses = restored_losses(meta)  # the final loss window spans the resume
         self.batches.load_state_dict(meta["data_state"])
         if state["rng"] is not None:
             restore_rng_state(state["rng"])
@@ -564,7 +569,9 @@ class Trainer:
                            stopped_early=self.step < cfg.max_steps)
 
     def _recent_loss(self) -> float | None:
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:]]
+        from .checkpoint import loss_window
+
+        losses = loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
         return sum(losses) / len(losses) if losses else None
 
     def _figures(self, elapsed: float) -> dict:

@@ -483,7 +483,7 @@ def run_pack(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, ou
     """Build the pack; returns its manifest, or None when it was already up to date."""
     from ..artifacts import is_up_to_date, load_manifest
     from ..log import get_logger
-    from ..tokenizer import load_tokenizer_artifact
+    from ..tokenizer import MODEL_FILE, load_tokenizer_artifact
 
     log = get_logger(__name__)
     started = time.time()
