@@ -187,8 +187,8 @@ def load_tokenizer_artifact(tokenizer_dir: str | os.PathLike) -> Tokenizer:
     from .artifacts import check_tokenizer_lineage, load_manifest
 
     root = Path(tokenizer_dir)
+    tok = load_tokenizer(root)  # first: a replaced spm.model gets its precise lineage message
     manifest = load_manifest(root, "tokenizer", verify="cached")
-    tok = load_tokenizer(root)
     check_tokenizer_lineage(tok.sha256, str(root / MODEL_FILE), manifest.get("tokenizer_sha256"),
                             str(root / "manifest.json"))
     return tok
