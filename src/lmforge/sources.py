@@ -190,7 +190,7 @@ def parse_json_record(line: str, skips: Counter) -> dict | None:
         return None
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, nesting 100k deep
         skips["malformed_json"] += 1
         return None
     if not isinstance(record, dict):

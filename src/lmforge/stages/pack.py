@@ -240,7 +240,7 @@ def _parse(raw: bytes, skipped: Counter) -> dict | None:
     except UnicodeDecodeError:
         skipped["invalid_utf8"] += 1
         return None
-    except ValueError:
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, nesting 100k deep
         skipped["malformed_json"] += 1
         return None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):

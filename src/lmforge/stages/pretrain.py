@@ -223,6 +223,10 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     quiet_transformers()
     t = plan.cfg.training
     accelerator = make_accelerator(t)
+    from ..limits import check_pretrain_fits
+
+    check_pretrain_fits(plan.arch, plan.tokenizer.vocab_size, plan.identity["seq_length"], t.per_device_batch_size,
+                        accelerator.device)  # absurd sizes stop here, before any allocation
     main_process = accelerator.is_main_process
     resume_from = choose_resume(args, plan)
     if main_process:

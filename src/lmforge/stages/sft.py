@@ -226,6 +226,7 @@ def train(args, plan: Plan) -> int:
     cfg, t = plan.cfg, plan.cfg.training
     out = Path(args.output_dir)
     accelerator = make_accelerator(t)
+    check_memory(args, plan, accelerator.device)  # absurd sizes stop here, before any allocation
     resume_from = choose_resume(args, SimpleNamespace(run_dir=out, identity=plan.config_dict))
     if accelerator.is_main_process:
         prepare_output_dir(out)
@@ -260,6 +261,18 @@ def train(args, plan: Plan) -> int:
     if accelerator.is_main_process:
         print_summary(plan, result, batches, out)
     return 0
+
+
+def check_memory(args, plan: Plan, device) -> None:
+    """Refuse a micro-batch that cannot fit (see lmforge.limits), from the base model's config."""
+    from ..limits import check_sft_fits
+
+    base = Path(args.model_path)
+    seq = max(int(((m.get("config") or {}).get("processing") or {}).get("max_length") or 1024)
+              for m in plan.data_manifests)
+    weights = sum(p.stat().st_size for p in base.glob("model*.safetensors"))
+    check_sft_fits(read_json(base / "config.json", "model config"), weights, seq,
+                   plan.cfg.training.per_device_batch_size, device)
 
 
 def _eval_batches(data_dirs, t, pad_id, accelerator, iter_eval_batches, SFTSplit) -> list[dict] | None:
