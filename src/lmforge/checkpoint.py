@@ -281,3 +281,54 @@ def metrics_lines_up_to(path: Path, step: int) -> list[str]:
         if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
             kept.append(line)
     return kept
+
+
+# ---------------------------------------------------------------- preemption (SIGTERM)
+
+class Terminated(ArtifactError):
+    """Training stopped on SIGTERM after saving a checkpoint (exit 143, as for the signal)."""
+
+    exit_code = 143
+
+
+class TerminationRequest:
+    """SIGTERM during training: finish the current step, save a checkpoint, stop.
+
+    The handler only sets a flag; the loop checks it at each step boundary
+    (`should_stop`), so a preempted job loses less than one step. With several
+    processes the flag is max-reduced, so every rank stops at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> "TerminationRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def should_stop(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        import torch
+
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def finish(self, step: int, max_steps: int, run_dir: Path) -> None:
+        """Restore the previous handler; raise Terminated when the run stopped on the signal."""
+        import signal
+
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous = {}
+        if self.signum is not None and step < max_steps:
+            raise Terminated(f"stopped by SIGTERM after step {step}: checkpoint {step_dir(run_dir, step)} saved; "
+                             "rerun the same command to continue from it")

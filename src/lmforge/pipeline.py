@@ -22,13 +22,16 @@ environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +52,14 @@ ACCELERATE_DEFAULT_ARGS = ["--mixed_precision", "bf16"]
 
 class PipelineError(LmforgeError):
     """A stage failed, or the pipeline file / selection is wrong."""
+
+
+class PipelineInterrupted(PipelineError):
+    """The runner got SIGTERM/SIGINT: it was passed on to the stage, which has stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
 
 
 # ---------------------------------------------------------------- schema
@@ -250,8 +261,9 @@ def run_stage(planned: PlannedStage, log_dir: Path) -> tuple[int, bool, float, f
     with open(log_path, "w", encoding="utf-8") as log_file:
         log_file.write(f"$ {shlex.join(planned.command)}\n")
         log_file.flush()
-        proc = subprocess.Popen(planned.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        try:
+        proc = subprocess.Popen(planned.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_stage_preexec(os.getpid()))
+        with forward_signals(proc) as received:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace")
@@ -261,11 +273,60 @@ def run_stage(planned: PlannedStage, log_dir: Path) -> tuple[int, bool, float, f
                 log_file.write(line)
                 log_file.flush()            # so `tail -f` on the log follows the stage live
             code = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
+        if received:
+            log_file.write(f"[lmforge run] {signal.Signals(received[0]).name} passed on to the stage; "
+                           f"it exited with code {code}\n")
+    if received:
+        raise _StageSignalled(received[0], code, time.perf_counter() - start)
     return code, skipped, time.perf_counter() - start, _children_cpu_s() - cpu_before
+
+
+class _StageSignalled(Exception):
+    def __init__(self, signum: int, code: int, seconds: float):
+        super().__init__(signum)
+        self.signum, self.code, self.seconds = signum, code, seconds
+
+
+def _stage_preexec(runner_pid: int):
+    """Run in the stage's process before exec: its own process group (so signals reach
+    the stage and its workers together, through the runner), and on Linux a
+    parent-death signal, so a runner killed with -9 or by a timeout takes its stage down
+    (SIGTERM: a training stage still saves a checkpoint) instead of orphaning it."""
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != runner_pid:  # the runner died before prctl: stop now
+                os._exit(143)
+    return setup
+
+
+@contextlib.contextmanager
+def forward_signals(proc: subprocess.Popen):
+    """While the stage runs, SIGTERM/SIGINT to the runner go to the stage's process group;
+    a second signal escalates to SIGKILL. Yields the list of signals received."""
+    received: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _load_run_record(path: Path) -> dict:
@@ -295,7 +356,15 @@ def execute(stages: list[PlannedStage], run_dir: Path, pipeline_path: Path, tota
         name = planned.stage.name
         print(f"\n=== [{planned.index}/{total}] {name}: {shlex.join(planned.command)}", flush=True)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        code, skipped, seconds, cpu_s = run_stage(planned, log_dir)
+        try:
+            code, skipped, seconds, cpu_s = run_stage(planned, log_dir)
+        except _StageSignalled as stop:
+            _record_interrupted(record_path, record, planned, log_dir, started, stop)
+            sig = signal.Signals(stop.signum).name
+            raise PipelineInterrupted(
+                f"{sig} received during stage '{name}' ({planned.index}/{total}): passed on to the stage, which "
+                f"exited with code {stop.code}; rerun the same command to continue. Log: "
+                f"{log_dir / planned.log_name}", stop.signum) from None
         entry = entries.setdefault(name, {})
         entry.update({"index": planned.index, "verb": planned.stage.verb, "command": planned.command,
                       "log": str(log_dir / planned.log_name), "started": started, "wall_s": round(seconds, 2), "cpu_s": round(cpu_s, 2),
@@ -316,6 +385,16 @@ def execute(stages: list[PlannedStage], run_dir: Path, pipeline_path: Path, tota
         status = "skipped (up to date)" if skipped else "done"
         print(f"=== [{planned.index}/{total}] {name}: {status} in {seconds:.1f}s", flush=True)
     return record
+
+
+def _record_interrupted(record_path: Path, record: dict, planned: PlannedStage, log_dir: Path, started: str,
+                        stop: _StageSignalled) -> None:
+    entry = record.setdefault("stages", {}).setdefault(planned.stage.name, {})
+    entry.update({"index": planned.index, "verb": planned.stage.verb, "command": planned.command,
+                  "log": str(log_dir / planned.log_name), "started": started, "wall_s": round(stop.seconds, 2),
+                  "exit_code": stop.code, "status": "interrupted", "signal": signal.Signals(stop.signum).name,
+                  "output": str(planned.output) if planned.output else None})
+    _save_run_record(record_path, record)
 
 
 # ---------------------------------------------------------------- dry run

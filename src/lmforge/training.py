@@ -532,8 +532,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         import torch
 
+        from .checkpoint import TerminationRequest
+
         cfg = self.cfg
         stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+        sigterm = TerminationRequest().install()  # SIGTERM: checkpoint at the next step boundary, then stop
         self.model.train()
         start = time.perf_counter()
         window_start, window_tokens, steps_here = start, 0, 0
@@ -552,7 +555,9 @@ class Trainer:
                     self._evaluate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save()
-        except torch.OutOfMemoryError:
+                if sigterm.should_stop(self.acc):
+                    break
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):  # torch < 2.5 has only the latter
             raise OutOfMemory(_oom_advice(cfg, self.step + 1)) from None
         elapsed = time.perf_counter() - start
         final_dir = None
@@ -563,6 +568,7 @@ class Trainer:
             self._save()  # stopped early on purpose: leave a checkpoint to resume from
         if self._tb is not None:
             self._tb.close()
+        sigterm.finish(self.step, cfg.max_steps, self.run_dir)
         return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
                            final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
                            checkpoints=list(self.checkpoints), history=self.history,
