@@ -286,8 +286,10 @@ def _eval_batches(data_dirs, t, pad_id, accelerator, iter_eval_batches, SFTSplit
         if len(split):
             collected += list(iter_eval_batches(split, t.per_device_batch_size, pad_id,
                                                 limit=per_dir * t.per_device_batch_size))
-    mine = collected[accelerator.process_index::accelerator.num_processes]
-    return mine or None
+    if not collected:
+        return None  # no val data anywhere: every rank skips evaluation alike
+    # A rank dealt nothing still gets [] (not None): it must join the loss reduce the others wait in.
+    return collected[accelerator.process_index::accelerator.num_processes]
 
 
 def print_summary(plan: Plan, result, batches, out: Path) -> None:
