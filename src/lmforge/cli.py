@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"lmforge: unknown verb '{verb}'{hint}\n\n{_overview()}", file=sys.stderr)
         return 2
+    if os.environ.get("LMFORGE_DIE_WITH_PARENT") == "1":  # started by `lmforge run`, maybe via a launcher
+        from .pipeline import set_parent_death_signal
+
+        set_parent_death_signal()
     module, parser = build_parser(verb)
     args = parser.parse_args(rest)
     setup_logging(args.log_level)

@@ -254,7 +254,9 @@ def run_stage(planned: PlannedStage, log_dir: Path) -> tuple[int, bool, float, f
     because on a shared machine wall time measures the neighbours as much as the stage.
     """
     log_path = log_dir / planned.log_name
-    env = {**os.environ, **planned.env, "PYTHONUNBUFFERED": "1"}
+    # DIE_WITH_PARENT: lmforge processes started below the stage (accelerate's workers)
+    # set the same parent-death signal, so the chain unwinds when the runner is killed.
+    env = {**os.environ, **planned.env, "PYTHONUNBUFFERED": "1", DIE_WITH_PARENT: "1"}
     cpu_before = _children_cpu_s()
     start = time.perf_counter()
     skipped = False
@@ -287,6 +289,21 @@ class _StageSignalled(Exception):
         self.signum, self.code, self.seconds = signum, code, seconds
 
 
+DIE_WITH_PARENT = "LMFORGE_DIE_WITH_PARENT"
+
+
+def set_parent_death_signal(parent_pid: int | None = None) -> None:
+    """Linux: get SIGTERM when the parent process dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(143)
+
+
 def _stage_preexec(runner_pid: int):
     """Run in the stage's process before exec: its own process group (so signals reach
     the stage and its workers together, through the runner), and on Linux a
@@ -294,14 +311,7 @@ def _stage_preexec(runner_pid: int):
     (SIGTERM: a training stage still saves a checkpoint) instead of orphaning it."""
     def setup() -> None:
         os.setpgid(0, 0)
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            PR_SET_PDEATHSIG = 1
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != runner_pid:  # the runner died before prctl: stop now
-                os._exit(143)
+        set_parent_death_signal(runner_pid)
     return setup
 
 
