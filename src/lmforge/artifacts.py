@@ -9,6 +9,7 @@ hand-rolls JSON or checksums.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -403,7 +404,10 @@ def lock_output_dir(path: str | os.PathLike) -> None:
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)  # a filesystem without locks (some network mounts): write unlocked, as before
+            return
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
         raise ArtifactError(f"{path} is being written by pid {holder}: wait for it to finish "

@@ -109,7 +109,7 @@ def resolve(args) -> Plan:
                             base.get("tokenizer_sha256"), f"base model {args.model_path}")
     manifests = []
     for d in args.data_dirs:
-        m = load_manifest(d, DATA_STAGE)
+        m = load_manifest(d, DATA_STAGE, verify="cached")  # sha256 on first use, cached by size/mtime/inode
         check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}", m.get("tokenizer_sha256"),
                                 f"SFT data {d}")
         manifests.append(m)
