@@ -249,12 +249,26 @@ def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> A
             raise
         return None
     check = getattr(obj, "check", None)
-    # Cross-field checks assume valid fields (num_heads 0 would divide by zero):
-    # they run only when every field of this object passed.
-    if callable(check) and len(errors) == errors_before:
+    if callable(check):
         prefix = f"{path}: " if path else ""
-        errors.extend(prefix + msg for msg in check())
+        errors.extend(prefix + msg for msg in _cross_checks(check, fields_failed=len(errors) > errors_before))
     return obj
+
+
+def _cross_checks(check, *, fields_failed: bool) -> list[str]:
+    """A dataclass's `check()` messages, so every problem is reported at once.
+
+    Cross-field checks assume valid fields: on values that already failed
+    validation (num_heads 0, a null stage) they may raise (ZeroDivisionError,
+    AttributeError). Then the field errors already say what is wrong, and the
+    check's own failure is dropped rather than shown as a traceback.
+    """
+    if not fields_failed:
+        return list(check())
+    try:
+        return list(check())
+    except Exception:  # noqa: BLE001 - see above: only when a field already failed
+        return []
 
 
 def _check_rules(value: Any, meta: typing.Mapping, path: str, errors: list[str]) -> None:
