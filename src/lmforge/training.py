@@ -456,9 +456,8 @@ class Trainer:
         self._tensorboard({"eval/loss": result["eval_loss"], "eval/ppl": result["eval_ppl"]}, self.step)
 
     def _meta_json(self) -> dict:
-        from .config import to_dict
-
         from .checkpoint import loss_window
+        from .config import to_dict
 
         losses = loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
         return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
