@@ -134,3 +134,16 @@ def test_tokenizer_file_corrupted_after_training_is_refused(tmp_path, tiny_token
     (tok / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="tokenizer_config.json"):
         load_tokenizer_artifact(tok)
+
+
+def test_sft_data_ids_outside_the_model_vocabulary_are_refused(tmp_path):
+    from lmforge.indexed import IndexedWriter
+    from lmforge.stages.sft import check_token_ids
+
+    for split, top in (("train", 399), ("val", 400)):
+        with IndexedWriter(tmp_path / split, np.uint16) as ids, IndexedWriter(tmp_path / f"{split}_mask", np.uint8) as m:
+            ids.add_sequence([1, 7, top])
+            m.add_sequence([0, 1, 1])
+    check_token_ids([tmp_path], 401)
+    with pytest.raises(ArtifactError, match="val.bin holds token id 400, outside the vocabulary of 400"):
+        check_token_ids([tmp_path], 400)

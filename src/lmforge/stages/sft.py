@@ -243,6 +243,7 @@ def train(args, plan: Plan) -> int:
              args.model_path, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, ",".join(cfg.lora.target_modules),
              human_count(trainable), human_count(total), 100 * trainable / total)
     train_splits = [SFTSplit(d, "train") for d in args.data_dirs]
+    check_token_ids(args.data_dirs, model.config.vocab_size)  # an id past the vocab: one error, not IndexError
     batches = WeightedBatches(train_splits, plan.weights, t.per_device_batch_size, pad_id,
                               seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
@@ -261,6 +262,18 @@ def train(args, plan: Plan) -> int:
     if accelerator.is_main_process:
         print_summary(plan, result, batches, out)
     return 0
+
+
+def check_token_ids(data_dirs, vocab_size: int) -> None:
+    """Every token id of the SFT data (train and val) is inside the model's vocabulary
+    (the maximum is computed once per file version and cached, like its sha256)."""
+    from ..packed import check_token_range
+    from ..sft_dataset import SFTSplit
+
+    for d in data_dirs:
+        for split in ("train", "val"):
+            if (Path(d) / f"{split}.idx").is_file():
+                check_token_range(SFTSplit(d, split).tokens, vocab_size)
 
 
 def check_memory(args, plan: Plan, device) -> None:
