@@ -305,26 +305,28 @@ def set_parent_death_signal(parent_pid: int | None = None) -> None:
 
 
 def _stage_preexec(runner_pid: int):
-    """Run in the stage's process before exec: its own process group (so signals reach
-    the stage and its workers together, through the runner), and on Linux a
-    parent-death signal, so a runner killed with -9 or by a timeout takes its stage down
-    (SIGTERM: a training stage still saves a checkpoint) instead of orphaning it."""
+    """Run in the stage's process before exec. On Linux, a parent-death signal: a runner
+    killed with -9 or by a timeout takes its stage down (SIGTERM: a training stage still
+    saves a checkpoint) instead of orphaning it. The stage stays in the runner's process
+    group, so Ctrl-C and `kill -- -PGID` reach both at once, as before."""
     def setup() -> None:
-        os.setpgid(0, 0)
         set_parent_death_signal(runner_pid)
     return setup
 
 
 @contextlib.contextmanager
 def forward_signals(proc: subprocess.Popen):
-    """While the stage runs, SIGTERM/SIGINT to the runner go to the stage's process group;
-    a second signal escalates to SIGKILL. Yields the list of signals received."""
+    """While the stage runs, SIGTERM to the runner is passed on to the stage; SIGINT is
+    not (Ctrl-C already reached the stage, which shares the terminal's process group);
+    a second signal of either kind kills the stage. Yields the list of signals received."""
     received: list[int] = []
 
     def handler(signum, _frame) -> None:
         received.append(signum)
+        if signum == signal.SIGINT and len(received) == 1:
+            return
         try:
-            os.killpg(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+            proc.send_signal(signum if len(received) == 1 else signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
