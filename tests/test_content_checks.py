@@ -147,3 +147,17 @@ def test_sft_data_ids_outside_the_model_vocabulary_are_refused(tmp_path):
     check_token_ids([tmp_path], 401)
     with pytest.raises(ArtifactError, match="val.bin holds token id 400, outside the vocabulary of 400"):
         check_token_ids([tmp_path], 400)
+
+
+def test_hash_cache_beside_mirror_data_is_not_taken_for_data(tmp_path):
+    """The sha256 cache lands beside the files it describes; a mirror listing must not see it
+    (it changed the eval's data identity, so a second quickstart run re-ran eval)."""
+    from lmforge.artifacts import cached_sha256
+    from lmforge.sources import mirror_files
+
+    split = tmp_path / "org" / "name" / "test"
+    split.mkdir(parents=True)
+    (split / "data.jsonl").write_text('{"text": "x"}\n')
+    cached_sha256(split / "data.jsonl")
+    assert (split / artifacts.CACHE_NAME).is_file()
+    assert mirror_files(tmp_path, "org/name", None, "test") == [str(split / "data.jsonl")]
