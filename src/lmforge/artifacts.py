@@ -9,10 +9,12 @@ hand-rolls JSON or checksums.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -120,7 +122,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 # ---------------------------------------------------------------- output directories
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create `path` (if needed) and check it is writable; drop a stale manifest.
+    """Create `path` (if needed), check it is writable, take its write lock, remove
+    temporaries of killed writers, and drop a stale manifest.
 
     Removing the old manifest first means a run killed half-way leaves a directory
     that reads as incomplete rather than one whose manifest describes other files.
@@ -133,6 +136,8 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as exc:
         raise ArtifactError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
+    lock_output_dir(out)  # one writer at a time: a second process stops here with a clear error
+    remove_stale_temps(out)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     return out
 
@@ -166,8 +171,7 @@ def write_manifest(
     root = Path(out_dir)
     files = []
     for item in outputs:
-        p = Path(item)
-        p = p if p.is_absolute() else root / p
+        p = contained(root, item, f"{stage} output")
         if not p.is_file():
             raise ArtifactError(f"{stage}: expected output {p} was not written")
         files.append(describe_file(p, root))
@@ -204,8 +208,9 @@ def load_manifest(
 ) -> dict:
     """Load an artifact's manifest, refusing incomplete or corrupted artifacts.
 
-    verify: "none", "size" (every listed file exists with its size: cheap) or
-    "sha256" (every file re-hashed).
+    verify: "none", "size" (every listed file exists with its size: cheap),
+    "cached" (sha256 on first use, then again only when a file's size, mtime or
+    inode changes) or "sha256" (every file re-hashed).
     """
     root = Path(artifact_dir)
     if not root.is_dir():
@@ -217,26 +222,36 @@ def load_manifest(
             "(rerun that stage) or this is not an lmforge artifact"
         )
     manifest = read_json(path, "manifest")
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} is not a JSON object: not an lmforge manifest")
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and manifest.get("stage") not in stages:
         raise ArtifactError(
             f"{root} holds a '{manifest.get('stage')}' artifact, expected {' or '.join(stages)}"
         )
     if verify != "none":
-        verify_outputs(root, manifest, full=(verify == "sha256"))
+        verify_outputs(root, manifest, full=(verify == "sha256"), cached=(verify == "cached"))
     return manifest
 
 
-def verify_outputs(root: Path, manifest: dict, *, full: bool) -> None:
-    """Check each output listed in the manifest; raise naming the first bad file."""
+def verify_outputs(root: Path, manifest: dict, *, full: bool, cached: bool = False) -> None:
+    """Check each output listed in the manifest; raise naming the first bad file.
+
+    full: also compare sha256; cached: reuse a hash computed earlier for the same
+    (size, mtime, inode), so a rerun does not rehash gigabytes (see `cached_sha256`).
+    """
     for entry in manifest.get("outputs", []):
-        p = root / entry["path"]
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ArtifactError(f"{root / MANIFEST_NAME} has a malformed outputs entry: {str(entry)[:80]}")
+        p = contained(root, entry["path"], f"{root / MANIFEST_NAME} output")
         if not p.is_file():
             raise ArtifactError(f"{p} is listed in {root / MANIFEST_NAME} but missing")
-        if p.stat().st_size != entry["bytes"]:
-            raise ArtifactError(f"{p} has {p.stat().st_size} bytes, manifest says {entry['bytes']}: corrupted or truncated")
-        if full and sha256_file(p) != entry["sha256"]:
-            raise ArtifactError(f"{p} fails its sha256 check against {root / MANIFEST_NAME}: corrupted")
+        if p.stat().st_size != entry.get("bytes"):
+            raise ArtifactError(f"{p} has {p.stat().st_size} bytes, manifest says {entry.get('bytes')}: corrupted or truncated")
+        if full or cached:
+            digest = cached_sha256(p) if cached else sha256_file(p)
+            if digest != entry.get("sha256"):
+                raise ArtifactError(f"{p} fails its sha256 check against {root / MANIFEST_NAME}: corrupted")
 
 
 def verify_file(root: Path, manifest: dict, relpath: str) -> None:
@@ -280,3 +295,171 @@ def check_tokenizer_lineage(expected: str, expected_from: str, found: str | None
             f"  {found_from}: {found}\n"
             "Both must come from the same spm.model; rebuild the later artifact with the right tokenizer."
         )
+
+
+# ---------------------------------------------------------------- names and paths
+
+_BAD_NAME = re.compile(r"[/\\\x00]")
+
+
+def safe_name(value: str, what: str) -> str:
+    """`value` as one path component: no separators, not '.', '..' or empty, not absolute.
+
+    For config values that become directory names (an architecture's `name`): a
+    name like "../../victim" must never point a stage's writes (or --force deletes)
+    outside its output directory.
+    """
+    from .errors import ConfigError
+
+    if not isinstance(value, str) or not value.strip() or value in (".", "..") or _BAD_NAME.search(value) \
+            or os.path.isabs(value) or value != value.strip():
+        raise ConfigError(f"{what}: {value!r} is not a valid name (one folder name: no '/', '\\\\', "
+                          "'..', leading/trailing spaces or absolute path)")
+    return value
+
+
+def contained(root: str | os.PathLike, relpath: str | os.PathLike, what: str = "path") -> Path:
+    """`root / relpath`, refusing anything that resolves outside `root` (symlinks included)."""
+    base = Path(root)
+    candidate = Path(relpath)
+    full = candidate if candidate.is_absolute() else base / candidate
+    resolved_root = base.resolve()
+    resolved = full.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise ArtifactError(f"{what} {str(relpath)!r} points outside {base}: refused")
+    return full
+
+
+def child_dir(root: str | os.PathLike, name: str, what: str) -> Path:
+    """A validated sub-directory name of `root` (see `safe_name`), checked to stay inside it."""
+    return contained(root, safe_name(name, what), what)
+
+
+# ---------------------------------------------------------------- cached content checks
+
+CACHE_NAME = ".lmforge-sha256.json"
+
+
+def _signature(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered beside it keyed by (size, mtime, inode).
+
+    The cache only saves work: the caller still compares the digest with the
+    manifest every time, so an edited manifest is caught; a changed file changes
+    its signature and is rehashed. An unwritable directory just means no cache.
+    """
+    return cached_file_fact(path, "sha256", sha256_file)
+
+
+def cached_file_fact(path: str | os.PathLike, key: str, compute) -> Any:
+    """`compute(path)` (JSON data), remembered in the folder's cache until the file's
+    (size, mtime, inode) changes. Used for content checks too costly to redo per run."""
+    p = Path(path)
+    cache_path = p.parent / CACHE_NAME
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    signature = _signature(p)
+    entry = cache.get(p.name)
+    if not isinstance(entry, dict) or entry.get("signature") != signature:
+        entry = {"signature": signature}
+    if key in entry:
+        return entry[key]
+    value = compute(p)
+    if _signature(p) == signature:  # unchanged while computing: safe to remember
+        entry[key] = value
+        cache[p.name] = entry
+        try:
+            atomic_write_json(cache_path, cache)
+        except OSError:
+            pass  # read-only input: no cache, still checked
+    return value
+
+
+# ---------------------------------------------------------------- one writer per directory
+
+LOCK_NAME = ".lmforge.lock"
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def lock_output_dir(path: str | os.PathLike) -> None:
+    """Take the advisory write lock of an artifact directory for the rest of this process.
+
+    A second process asking for the same directory gets ArtifactError("X is being
+    written by pid N"). The lock is an fcntl lock on `.lmforge.lock`, so the kernel
+    drops it when the holder exits, even on kill -9: a lock is never stale.
+    """
+    import fcntl
+
+    root = Path(path).resolve()
+    if root in _HELD_LOCKS:
+        return
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)  # a filesystem without locks (some network mounts): write unlocked, as before
+            return
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise ArtifactError(f"{path} is being written by pid {holder}: wait for it to finish "
+                            "(or stop it) before writing there") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[root] = fd
+
+
+def unlock_output_dir(path: str | os.PathLike) -> None:
+    """Release a lock taken by `lock_output_dir` in this process (tests, long-lived callers)."""
+    fd = _HELD_LOCKS.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete `.NAME.tmp-PID` files and folders left in `path` by processes that are gone.
+
+    Those are the leftovers of `atomic_path` when a writer was killed (a packed
+    .bin, a checkpoint being saved). Temps of live processes are left alone.
+    """
+    root = Path(path)
+    removed = []
+    if not root.is_dir():
+        return removed
+    for child in root.iterdir():
+        match = _TEMP_NAME.match(child.name)
+        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+        removed.append(child)
+    return removed
+
+
+def release_all_locks() -> None:
+    """Release every directory lock this process holds (end of a verb run in-process)."""
+    for root in list(_HELD_LOCKS):
+        unlock_output_dir(root)

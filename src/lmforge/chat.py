@@ -117,18 +117,17 @@ class _TextStreamer:
 def load_chat_model(model_path: str | Path, tokenizer_path: str | Path | None = None):
     """(model, tokenizer) from a Hugging Face model dir holding lmforge tokenizer files."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from .model_io import check_model_dir, load_causal_lm
     from .tokenizer import load_tokenizer
 
     model_dir = Path(model_path)
-    if not (model_dir / "config.json").is_file():
-        raise ArtifactError(f"{model_dir} is not a model directory (no config.json)")
+    check_model_dir(model_dir)  # before anything else: never a prompt to run a folder's code
     tokenizer = load_tokenizer(tokenizer_path or model_dir)
     if (model_dir / MANIFEST_NAME).is_file():  # an lmforge model: its tokenizer must be this one
         recorded = read_json(model_dir / MANIFEST_NAME, "model manifest").get("tokenizer_sha256")
         check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {tokenizer.path}", recorded, f"model {model_dir}")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_causal_lm(model_dir, torch.float32)  # no custom code, safetensors only
     model.eval()
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ArtifactError(f"{model_dir}: model vocabulary ({model.config.vocab_size}) is smaller than "

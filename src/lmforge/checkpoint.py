@@ -197,20 +197,138 @@ def load_meta(ckpt_dir: str | Path) -> dict:
     ckpt = Path(ckpt_dir)
     if not (ckpt / MANIFEST_NAME).is_file():
         raise ArtifactError(f"{ckpt} is not a complete checkpoint (no {MANIFEST_NAME}); it was interrupted while saving")
-    return read_json(ckpt / META_FILE, "checkpoint meta")
+    meta = read_json(ckpt / META_FILE, "checkpoint meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise damaged(ckpt, f"{META_FILE} has no step")
+    return meta
+
+
+def damaged(ckpt: Path, why: str) -> ArtifactError:
+    """The one error for a checkpoint whose files cannot be read back."""
+    return ArtifactError(f"checkpoint {ckpt} is damaged ({why}); delete it to resume from the previous "
+                         "step_N/, or pass --force to start over")
+
+
+def _read(ckpt: Path, name: str, load):
+    """Run `load()`; any failure to decode the file (truncated, garbled) becomes `damaged`."""
+    try:
+        return load()
+    except ArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise damaged(ckpt, f"{name}: {type(exc).__name__}: {first}") from None
 
 
 def load_checkpoint(ckpt_dir: str | Path, *, model, optimizer, rank: int) -> dict[str, Any]:
-    """Restore weights and optimizer state in place; return {meta, scheduler, rng} for the loop."""
+    """Restore weights and optimizer state in place; return {meta, scheduler, rng} for the loop.
+
+    Every file is first checked against the checkpoint's manifest (sizes: a
+    truncated file is caught before torch reads it); a file that still fails to
+    decode is reported as a damaged checkpoint, never as a traceback.
+    """
     import torch
+
+    from .artifacts import load_manifest
 
     ckpt = Path(ckpt_dir)
     meta = load_meta(ckpt)
-    load_model_weights(model, ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-    scheduler = torch.load(ckpt / SCHEDULER_FILE, weights_only=True)
+    try:
+        load_manifest(ckpt, verify="size")
+    except ArtifactError as exc:
+        raise damaged(ckpt, str(exc)) from None
+    _read(ckpt, "model weights", lambda: load_model_weights(model, ckpt))
+    _read(ckpt, OPTIMIZER_FILE, lambda: optimizer.load_state_dict(
+        torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location="cpu")))
+    scheduler = _read(ckpt, SCHEDULER_FILE, lambda: torch.load(ckpt / SCHEDULER_FILE, weights_only=True))
     rng_path = ckpt / f"rng_state_{rank}.pt"
-    rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
+    rng = _read(ckpt, rng_path.name, lambda: torch.load(rng_path, weights_only=True)) if rng_path.is_file() else None
     if rng is None:
         log.warning("%s has no RNG state for rank %d (different process count?): dropout noise will differ", ckpt, rank)
     return {"meta": meta, "scheduler": scheduler, "rng": rng}
+
+
+# ---------------------------------------------------------------- small pieces of loop state
+
+def loss_window(prior: list[float], history: list[dict], size: int) -> list[float]:
+    """The last `size` step losses: those restored from a checkpoint, then this process's.
+
+    Saved in meta.json as `recent_losses`, so a resumed run reports the same final
+    loss as an uninterrupted one (the weights already were identical).
+    """
+    return [*prior, *(h["loss"] for h in history)][-max(1, size):]
+
+
+def restored_losses(meta: dict) -> list[float]:
+    """`recent_losses` of a checkpoint's meta (older checkpoints: the mean, once)."""
+    losses = meta.get("recent_losses")
+    if isinstance(losses, list) and all(isinstance(x, (int, float)) for x in losses):
+        return [float(x) for x in losses]
+    return [float(meta["recent_loss"])] if isinstance(meta.get("recent_loss"), (int, float)) else []
+
+
+def metrics_lines_up_to(path: Path, step: int) -> list[str]:
+    """Lines of metrics.jsonl for steps <= `step`; a torn line (a kill mid-write) is dropped."""
+    import json
+
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            log.warning("%s: dropping an unreadable line (torn by an interrupted write): %.60s", path, line)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
+
+
+# ---------------------------------------------------------------- preemption (SIGTERM)
+
+class Terminated(ArtifactError):
+    """Training stopped on SIGTERM after saving a checkpoint (exit 143, as for the signal)."""
+
+    exit_code = 143
+
+
+class TerminationRequest:
+    """SIGTERM during training: finish the current step, save a checkpoint, stop.
+
+    The handler only sets a flag; the loop checks it at each step boundary
+    (`should_stop`), so a preempted job loses less than one step. With several
+    processes the flag is max-reduced, so every rank stops at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> "TerminationRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def should_stop(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        import torch
+
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def finish(self, step: int, max_steps: int, run_dir: Path) -> None:
+        """Restore the previous handler; raise Terminated when the run stopped on the signal."""
+        import signal
+
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous = {}
+        if self.signum is not None and step < max_steps:
+            raise Terminated(f"stopped by SIGTERM after step {step}: checkpoint {step_dir(run_dir, step)} saved; "
+                             "rerun the same command to continue from it")

@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"lmforge: unknown verb '{verb}'{hint}\n\n{_overview()}", file=sys.stderr)
         return 2
+    if os.environ.get("LMFORGE_DIE_WITH_PARENT") == "1":  # started by `lmforge run`, maybe via a launcher
+        from .pipeline import set_parent_death_signal
+
+        set_parent_death_signal()
     module, parser = build_parser(verb)
     args = parser.parse_args(rest)
     setup_logging(args.log_level)
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .artifacts import release_all_locks
+
+        release_all_locks()  # a verb called in-process (tests, the Python API) leaves no lock behind
 
 
 if __name__ == "__main__":

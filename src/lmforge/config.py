@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -41,13 +42,29 @@ def spec(default: Any = dataclasses.MISSING, *, min: float | None = None, max: f
 def load_config(path: str | Path, schema: type[T], overrides: dict[str, Any] | None = None) -> T:
     """Read, override and validate a JSON config; raise ConfigError listing every problem."""
     p = Path(path)
+    return config_from_dict(read_config_file(p), schema, source=str(p), overrides=overrides)
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The parsed JSON of a config file; every way it can be unreadable is one ConfigError."""
+    p = Path(path)
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p} is a directory, not a JSON config file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
-    return config_from_dict(raw, schema, source=str(p), overrides=overrides)
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise ConfigError(f"{p}: unreadable JSON value: {str(exc).split(';')[0][:120]}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: JSON nested too deeply") from None
+    return raw
 
 
 def config_from_dict(raw: Any, schema: type[T], source: str = "<config>",
@@ -55,9 +72,12 @@ def config_from_dict(raw: Any, schema: type[T], source: str = "<config>",
     """Validate an already-parsed mapping against `schema`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a JSON object")
-    raw = apply_overrides(raw, overrides or {})
     errors: list[str] = []
-    value = _convert(raw, schema, "", errors)
+    try:
+        raw = apply_overrides(raw, overrides or {})
+        value = _convert(raw, schema, "", errors)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
     if errors:
         lines = "\n".join(f"  {source}: {e}" for e in errors)
         raise ConfigError(f"invalid config ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}")
@@ -72,8 +92,11 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
             continue
         node = result
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise ConfigError(f"--set {dotted}: {where} is {_show(node)}, not an object with keys")
         node[leaf] = value
     return result
 
@@ -87,7 +110,7 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
         key, text = item.split("=", 1)
         try:
             result[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or absurd JSON): the literal text
             result[key.strip()] = text
     return result
 
@@ -140,7 +163,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
             converted = _convert(value, arg, path, trial)
             if not trial:
                 return converted
-        errors.append(f"{_where(path)}: expected {_type_name(tp)}, got {json.dumps(value)[:60]}")
+        errors.append(f"{_where(path)}: expected {_type_name(tp)}, got {_show(value)}")
         return None
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -148,13 +171,13 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            errors.append(f"{_where(path)}: expected a list, got {json.dumps(value)[:60]}")
+            errors.append(f"{_where(path)}: expected a list, got {_show(value)}")
             return []
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return [_convert(v, item_tp, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            errors.append(f"{_where(path)}: expected an object, got {json.dumps(value)[:60]}")
+            errors.append(f"{_where(path)}: expected an object, got {_show(value)}")
             return {}
         _, val_tp = typing.get_args(tp) or (str, Any)
         return {k: _convert(v, val_tp, f"{path}.{k}" if path else k, errors) for k, v in value.items()}
@@ -171,14 +194,31 @@ def _convert_scalar(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         str: isinstance(value, str),
     }.get(tp, True)
     if not ok:
-        errors.append(f"{_where(path)}: expected {_type_name(tp)}, got {json.dumps(value)[:60]}")
+        errors.append(f"{_where(path)}: expected {_type_name(tp)}, got {_show(value)}")
         return value
-    return float(value) if tp is float else value
+    if tp is float:
+        try:
+            value = float(value)
+        except OverflowError:
+            errors.append(f"{_where(path)}: number too large")
+            return None
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.append(f"{_where(path)}: must be a finite number, got {value}")
+        return None
+    return value
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for an error line (never fails on odd values)."""
+    try:
+        return json.dumps(value)[:60]
+    except (ValueError, TypeError, RecursionError):
+        return f"a {type(value).__name__}"
 
 
 def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> Any:
     if not isinstance(value, dict):
-        errors.append(f"{_where(path)}: expected an object, got {json.dumps(value)[:60]}")
+        errors.append(f"{_where(path)}: expected an object, got {_show(value)}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -189,6 +229,7 @@ def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> A
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(fields))})"
         errors.append(f"{path + '.' if path else ''}{key}: unknown key{hint}")
     kwargs = {}
+    errors_before = len(errors)
     for name, f in fields.items():
         sub = f"{path}.{name}" if path else name
         if name not in value:
@@ -210,8 +251,24 @@ def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> A
     check = getattr(obj, "check", None)
     if callable(check):
         prefix = f"{path}: " if path else ""
-        errors.extend(prefix + msg for msg in check())
+        errors.extend(prefix + msg for msg in _cross_checks(check, fields_failed=len(errors) > errors_before))
     return obj
+
+
+def _cross_checks(check, *, fields_failed: bool) -> list[str]:
+    """A dataclass's `check()` messages, so every problem is reported at once.
+
+    Cross-field checks assume valid fields: on values that already failed
+    validation (num_heads 0, a null stage) they may raise (ZeroDivisionError,
+    AttributeError). Then the field errors already say what is wrong, and the
+    check's own failure is dropped rather than shown as a traceback.
+    """
+    if not fields_failed:
+        return list(check())
+    try:
+        return list(check())
+    except Exception:  # noqa: BLE001 - see above: only when a field already failed
+        return []
 
 
 def _check_rules(value: Any, meta: typing.Mapping, path: str, errors: list[str]) -> None:

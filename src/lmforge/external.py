@@ -136,10 +136,10 @@ def load_external_tokenizer(tokenizer_dir: str | os.PathLike) -> ExternalTokeniz
 
 def load_any_tokenizer(tokenizer_dir: str | os.PathLike):
     """lmforge's tokenizer (spm.model, sha256 checked) or an external Hugging Face one."""
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer_artifact
 
     if is_lmforge_tokenizer(tokenizer_dir):
-        return load_tokenizer(tokenizer_dir)
+        return load_tokenizer_artifact(tokenizer_dir)  # manifest required, files sha256-checked
     if not Path(tokenizer_dir).is_dir():
         raise ArtifactError(f"tokenizer directory not found: {tokenizer_dir}")
     return load_external_tokenizer(tokenizer_dir)

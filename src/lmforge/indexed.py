@@ -165,6 +165,17 @@ class IndexedDataset:
         start = int(self.pointers[i]) // self.dtype.itemsize
         return self._bin[start:start + int(self.sizes[i])]
 
+    def max_token_id(self, chunk: int = 1 << 24) -> int:
+        """Largest id in the .bin, read in chunks (bounded memory on a multi-GB file).
+        A negative id (signed dtypes) is returned as is, so callers refuse it too."""
+        top = -1
+        for start in range(0, len(self._bin), chunk):
+            part = self._bin[start:start + chunk]
+            if part.dtype.kind == "i" and int(part.min()) < 0:
+                return int(part.min())
+            top = max(top, int(part.max()))
+        return top
+
     @property
     def total_tokens(self) -> int:
         return int(self.sizes.astype(np.int64).sum())

@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import check_tokenizer_lineage, load_manifest
+from .artifacts import check_tokenizer_lineage, load_manifest, read_json
 from .errors import ArtifactError, ConfigError
 from .log import get_logger
 from .metrics.loglikelihood import check_scorable
-from .tokenizer import SPECIAL_TOKENS, load_tokenizer
+from .tokenizer import SPECIAL_TOKENS, load_tokenizer_artifact
 
 log = get_logger(__name__)
 
@@ -84,7 +84,7 @@ def load_text_encoder(tokenizer_dir: str | os.PathLike) -> TextEncoder:
     from transformers import AutoTokenizer
 
     try:
-        hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        hf = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     except Exception as exc:  # missing or unreadable HF files are a user-fixable artifact problem
         raise ArtifactError(f"{tokenizer_dir}: cannot load the Hugging Face tokenizer "
                             f"({type(exc).__name__}: {exc}); rebuild it with `lmforge tokenizer`") from None
@@ -128,26 +128,73 @@ def check_lineage(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike
                   stages: tuple[str, ...] = MODEL_STAGES) -> tuple[dict, str]:
     """The model's manifest and the tokenizer's sha256, after checking they agree."""
     manifest = load_manifest(model_dir, stages)
-    tokenizer = load_tokenizer(tokenizer_dir)  # also checks spm.model against its recorded sha256
+    tokenizer = load_tokenizer_artifact(tokenizer_dir)  # manifest required; spm.model sha256 checked
     check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {tokenizer_dir}",
                             manifest.get("tokenizer_sha256"), f"model {model_dir} (manifest.json)")
     return manifest, tokenizer.sha256
+
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> dict:
+    """Refuse a model directory that would need code or pickles to load; return its config.json.
+
+    lmforge never executes code shipped with a model (`auto_map`, custom
+    `model_type`) and never unpickles weights: only architectures transformers
+    itself implements, with safetensors weights.
+    """
+    from transformers import CONFIG_MAPPING
+
+    root = Path(model_dir)
+    if not (root / "config.json").is_file():
+        raise ArtifactError(f"{root} is not a model directory (no config.json)")
+    config = read_json(root / "config.json", "model config")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{root / 'config.json'} is not a JSON object")
+    if config.get("auto_map"):
+        raise ArtifactError(f"{root}: config.json asks to run custom code (auto_map); lmforge never executes "
+                            "code from a model folder")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ArtifactError(f"{root}: unknown architecture model_type={model_type!r}; lmforge loads only "
+                            "architectures built into transformers, never custom code")
+    if not any((root / name).is_file() for name in SAFE_WEIGHTS):
+        pickles = [name for name in PICKLE_WEIGHTS if (root / name).is_file()]
+        what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no model.safetensors"
+        raise ArtifactError(f"{root} has {what}; lmforge loads safetensors only (pickles can run code)")
+    return config
+
+
+def load_causal_lm(model_dir: str | os.PathLike, dtype=None):
+    """`AutoModelForCausalLM` from a checked model directory: no remote code, safetensors only.
+
+    The one way lmforge loads a model (eval, chat, SFT base). Any failure to read
+    the files (truncated weights, a broken safetensors header) is one ArtifactError.
+    """
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(model_dir)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False, use_safetensors=True,
+                                                    **kwargs)
+    except Exception as exc:  # noqa: BLE001 - safetensors, OSError, ValueError...: all mean unreadable files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ArtifactError(f"{model_dir}: cannot load the model ({type(exc).__name__}: {first[:300]}); "
+                            "the files are damaged or not an lmforge/transformers model") from None
 
 
 def load_for_eval(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, device: str = "auto",
                   dtype: str = "auto", max_length: int | None = None,
                   stages: tuple[str, ...] = MODEL_STAGES) -> EvalModel:
     """Check lineage, then load model (safetensors only) and tokenizer for scoring."""
-    from transformers import AutoModelForCausalLM
-
     manifest, digest = check_lineage(model_dir, tokenizer_dir, stages)
     encoder = load_text_encoder(tokenizer_dir)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{model_dir}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    model = load_causal_lm(model_dir, torch_dtype)
     model.to(device).eval()
     try:
         check_scorable(model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .artifacts import check_tokenizer_lineage, load_manifest
+from .artifacts import cached_file_fact, check_tokenizer_lineage, load_manifest
 from .errors import ArtifactError
 from .indexed import IndexedDataset
 
@@ -24,9 +24,10 @@ SPLITS = ("train", "val")
 
 
 def load_packed_manifest(packed_dir: str | os.PathLike, *, tokenizer_sha256: str | None = None,
-                         tokenizer_from: str = "the tokenizer in use", verify: str = "size") -> dict:
-    """The pack's manifest, refusing an incomplete pack; with `tokenizer_sha256`, also
-    refusing a pack made with another tokenizer (LineageError naming both hashes)."""
+                         tokenizer_from: str = "the tokenizer in use", verify: str = "cached") -> dict:
+    """The pack's manifest, refusing an incomplete pack or one whose files fail their
+    sha256 (hashed on first use, then cached by size/mtime/inode); with
+    `tokenizer_sha256`, also refusing a pack made with another tokenizer."""
     manifest = load_manifest(packed_dir, "pack", verify=verify)
     if tokenizer_sha256 is not None:
         check_tokenizer_lineage(tokenizer_sha256, tokenizer_from, manifest.get("tokenizer_sha256"),
@@ -53,7 +54,22 @@ def open_packed(packed_dir: str | os.PathLike, split: str, *, manifest: dict | N
                             f"{figures.get('dtype')})")
     if len(data) and not (data.sizes == seq_length).all():
         raise ArtifactError(f"{Path(packed_dir) / split}.idx has rows that are not {seq_length} tokens long")
+    check_token_range(data, figures.get("vocab_size"))
     return data
+
+
+def check_token_range(data: IndexedDataset, vocab_size: int | None) -> None:
+    """Refuse token ids outside the vocabulary (they would crash the embedding lookup).
+
+    The maximum id is computed once per file version and cached like its sha256.
+    """
+    if not vocab_size or not data.total_tokens:
+        return
+    bin_path = data.prefix.with_suffix(".bin")
+    top = cached_file_fact(bin_path, "max_token_id", lambda _: int(data.max_token_id()))
+    if top >= int(vocab_size) or top < 0:
+        raise ArtifactError(f"{bin_path} holds token id {top}, outside the vocabulary of {vocab_size}: "
+                            "corrupted or packed with another tokenizer (rerun `lmforge pack`)")
 
 
 def packed_seq_length(packed_dir: str | os.PathLike) -> int:

@@ -22,13 +22,16 @@ environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +54,14 @@ class PipelineError(LmforgeError):
     """A stage failed, or the pipeline file / selection is wrong."""
 
 
+class PipelineInterrupted(PipelineError):
+    """The runner got SIGTERM/SIGINT: it was passed on to the stage, which has stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
+
+
 # ---------------------------------------------------------------- schema
 
 @dataclasses.dataclass
@@ -71,10 +82,21 @@ class Stage:
     def check(self) -> list[str]:
         from .cli import COMMANDS
 
+        from .artifacts import safe_name
+        from .errors import ConfigError
+
         known = [v for v in COMMANDS if v not in ("run",)] + [QUICKSTART_DATA]
+        problems = []
         if self.verb not in known:
-            return [f"stages[{self.name}].verb: unknown verb {self.verb!r} (known: {', '.join(known)})"]
-        return []
+            problems.append(f"stages[{self.name}].verb: unknown verb {self.verb!r} (known: {', '.join(known)})")
+        for key in ("name", "log"):  # both become file names under <run_dir>/logs
+            value = getattr(self, key)
+            try:
+                if value is not None:
+                    safe_name(value, f"stages[{self.name}].{key}")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
 
 
 @dataclasses.dataclass
@@ -232,15 +254,18 @@ def run_stage(planned: PlannedStage, log_dir: Path) -> tuple[int, bool, float, f
     because on a shared machine wall time measures the neighbours as much as the stage.
     """
     log_path = log_dir / planned.log_name
-    env = {**os.environ, **planned.env, "PYTHONUNBUFFERED": "1"}
+    # DIE_WITH_PARENT: lmforge processes started below the stage (accelerate's workers)
+    # set the same parent-death signal, so the chain unwinds when the runner is killed.
+    env = {**os.environ, **planned.env, "PYTHONUNBUFFERED": "1", DIE_WITH_PARENT: "1"}
     cpu_before = _children_cpu_s()
     start = time.perf_counter()
     skipped = False
     with open(log_path, "w", encoding="utf-8") as log_file:
         log_file.write(f"$ {shlex.join(planned.command)}\n")
         log_file.flush()
-        proc = subprocess.Popen(planned.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        try:
+        proc = subprocess.Popen(planned.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_stage_preexec(os.getpid()))
+        with forward_signals(proc) as received:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace")
@@ -250,11 +275,70 @@ def run_stage(planned: PlannedStage, log_dir: Path) -> tuple[int, bool, float, f
                 log_file.write(line)
                 log_file.flush()            # so `tail -f` on the log follows the stage live
             code = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
+        if received:
+            log_file.write(f"[lmforge run] {signal.Signals(received[0]).name} passed on to the stage; "
+                           f"it exited with code {code}\n")
+    if received:
+        raise _StageSignalled(received[0], code, time.perf_counter() - start)
     return code, skipped, time.perf_counter() - start, _children_cpu_s() - cpu_before
+
+
+class _StageSignalled(Exception):
+    def __init__(self, signum: int, code: int, seconds: float):
+        super().__init__(signum)
+        self.signum, self.code, self.seconds = signum, code, seconds
+
+
+DIE_WITH_PARENT = "LMFORGE_DIE_WITH_PARENT"
+
+
+def set_parent_death_signal(parent_pid: int | None = None) -> None:
+    """Linux: get SIGTERM when the parent process dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(143)
+
+
+def _stage_preexec(runner_pid: int):
+    """Run in the stage's process before exec. On Linux, a parent-death signal: a runner
+    killed with -9 or by a timeout takes its stage down (SIGTERM: a training stage still
+    saves a checkpoint) instead of orphaning it. The stage stays in the runner's process
+    group, so Ctrl-C and `kill -- -PGID` reach both at once, as before."""
+    def setup() -> None:
+        set_parent_death_signal(runner_pid)
+    return setup
+
+
+@contextlib.contextmanager
+def forward_signals(proc: subprocess.Popen):
+    """While the stage runs, SIGTERM to the runner is passed on to the stage; SIGINT is
+    not (Ctrl-C already reached the stage, which shares the terminal's process group);
+    a second signal of either kind kills the stage. Yields the list of signals received."""
+    received: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        received.append(signum)
+        if signum == signal.SIGINT and len(received) == 1:
+            return
+        try:
+            proc.send_signal(signum if len(received) == 1 else signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _load_run_record(path: Path) -> dict:
@@ -284,7 +368,15 @@ def execute(stages: list[PlannedStage], run_dir: Path, pipeline_path: Path, tota
         name = planned.stage.name
         print(f"\n=== [{planned.index}/{total}] {name}: {shlex.join(planned.command)}", flush=True)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        code, skipped, seconds, cpu_s = run_stage(planned, log_dir)
+        try:
+            code, skipped, seconds, cpu_s = run_stage(planned, log_dir)
+        except _StageSignalled as stop:
+            _record_interrupted(record_path, record, planned, log_dir, started, stop)
+            sig = signal.Signals(stop.signum).name
+            raise PipelineInterrupted(
+                f"{sig} received during stage '{name}' ({planned.index}/{total}): passed on to the stage, which "
+                f"exited with code {stop.code}; rerun the same command to continue. Log: "
+                f"{log_dir / planned.log_name}", stop.signum) from None
         entry = entries.setdefault(name, {})
         entry.update({"index": planned.index, "verb": planned.stage.verb, "command": planned.command,
                       "log": str(log_dir / planned.log_name), "started": started, "wall_s": round(seconds, 2), "cpu_s": round(cpu_s, 2),
@@ -305,6 +397,16 @@ def execute(stages: list[PlannedStage], run_dir: Path, pipeline_path: Path, tota
         status = "skipped (up to date)" if skipped else "done"
         print(f"=== [{planned.index}/{total}] {name}: {status} in {seconds:.1f}s", flush=True)
     return record
+
+
+def _record_interrupted(record_path: Path, record: dict, planned: PlannedStage, log_dir: Path, started: str,
+                        stop: _StageSignalled) -> None:
+    entry = record.setdefault("stages", {}).setdefault(planned.stage.name, {})
+    entry.update({"index": planned.index, "verb": planned.stage.verb, "command": planned.command,
+                  "log": str(log_dir / planned.log_name), "started": started, "wall_s": round(stop.seconds, 2),
+                  "exit_code": stop.code, "status": "interrupted", "signal": signal.Signals(stop.signum).name,
+                  "output": str(planned.output) if planned.output else None})
+    _save_run_record(record_path, record)
 
 
 # ---------------------------------------------------------------- dry run

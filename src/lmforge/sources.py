@@ -63,7 +63,9 @@ def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> l
     root = mirror.resolve()
     for directory in candidates:
         if directory.is_dir() and root in directory.resolve().parents:
-            files = sorted(str(p) for p in directory.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+            # Hidden files are never data (lmforge's own .lmforge-sha256.json cache lives beside data files).
+            files = sorted(str(p) for p in directory.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.name.endswith(DATA_SUFFIXES))
             if not files:
                 raise DataError(f"mirror directory {directory} holds no data files ({', '.join(DATA_SUFFIXES)})")
             return files
@@ -190,7 +192,7 @@ def parse_json_record(line: str, skips: Counter) -> dict | None:
         return None
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, nesting 100k deep
         skips["malformed_json"] += 1
         return None
     if not isinstance(record, dict):

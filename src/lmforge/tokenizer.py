@@ -178,3 +178,17 @@ def hf_tokenizer(tokenizer_dir: str | os.PathLike):
 
     load_tokenizer(tokenizer_dir)  # refuses a model whose bytes disagree with tokenizer_config.json
     return load_hf_tokenizer(tokenizer_dir)
+
+
+def load_tokenizer_artifact(tokenizer_dir: str | os.PathLike) -> Tokenizer:
+    """A tokenizer used as a stage input: its manifest must exist (a directory without
+    one is never read as an input), its files pass their sha256 (cached by
+    size/mtime/inode), and the manifest names this very spm.model."""
+    from .artifacts import check_tokenizer_lineage, load_manifest
+
+    root = Path(tokenizer_dir)
+    tok = load_tokenizer(root)  # first: a replaced spm.model gets its precise lineage message
+    manifest = load_manifest(root, "tokenizer", verify="cached")
+    check_tokenizer_lineage(tok.sha256, str(root / MODEL_FILE), manifest.get("tokenizer_sha256"),
+                            str(root / "manifest.json"))
+    return tok

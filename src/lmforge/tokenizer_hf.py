@@ -138,4 +138,4 @@ def load_hf_tokenizer(tokenizer_dir: str | os.PathLike):
     """`AutoTokenizer.from_pretrained(dir)`, as evaluation and chat load it."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)

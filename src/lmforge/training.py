@@ -679,8 +679,9 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not (self._main() and path.is_file()):
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        from .checkpoint import metrics_lines_up_to
+
+        kept = metrics_lines_up_to(path, step)  # tolerates a line torn by a kill
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ------------------------------------------------------------ eval & checkpoints
@@ -700,14 +701,17 @@ class Trainer:
         self._tensorboard({"eval/loss": result["eval_loss"], "eval/ppl": result["eval_ppl"]}, self.step)
 
     def _meta_json(self) -> dict:
+        from .checkpoint import loss_window
         from .config import to_dict
 
         self._flush()
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:] if math.isfinite(h["loss"])]
+        losses = [x for x in loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
+                  if math.isfinite(x)]
         return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
                 "data_state": self.batches.state_dict(), "config": self.meta.config, "training": to_dict(self.cfg),
                 "tokenizer_sha256": self.meta.tokenizer_sha256, "world_size": self.acc.num_processes,
-                "recent_loss": sum(losses) / len(losses) if losses else None, "last_eval": self.last_eval}
+                "recent_loss": sum(losses) / len(losses) if losses else None, "recent_losses": losses,
+                "last_eval": self.last_eval}
 
     def _save(self) -> None:
         from accelerate.utils import gather_object
@@ -758,13 +762,14 @@ class Trainer:
     # ------------------------------------------------------------ resume & fit
 
     def resume(self, ckpt: Path) -> None:
-        from .checkpoint import load_checkpoint, restore_rng_state
+        from .checkpoint import load_checkpoint, restore_rng_state, restored_losses
 
         state = load_checkpoint(ckpt, model=self.unwrapped, optimizer=self.optimizer, rank=self.acc.process_index)
         meta = state["meta"]
         self.step = int(meta["step"])
         self.tokens_seen = int(meta["tokens_seen"])
         self.last_eval = meta.get("last_eval")
+        self.prior_losses = restored_losses(meta)  # the final loss window spans the resume
         self.batches.load_state_dict(meta["data_state"])
         if state["rng"] is not None:
             restore_rng_state(state["rng"])
@@ -775,8 +780,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         import torch
 
+        from .checkpoint import TerminationRequest
+
         cfg = self.cfg
         stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+        sigterm = TerminationRequest().install()  # SIGTERM: checkpoint at the next step boundary, then stop
         self.model.train()
         start = time.perf_counter()
         window_start, window_tokens, steps_here = start, 0, 0
@@ -802,8 +810,10 @@ class Trainer:
                     self._evaluate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save()
+                if sigterm.should_stop(self.acc):
+                    break
             self._flush()
-        except torch.OutOfMemoryError:
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):  # torch < 2.5 has only the latter
             raise OutOfMemory(_oom_advice(cfg, self.step + 1)) from None
         finally:
             watch.close()
@@ -816,6 +826,7 @@ class Trainer:
             self._save()  # stopped early on purpose: leave a checkpoint to resume from
         if self._tb is not None:
             self._tb.finish()
+        sigterm.finish(self.step, cfg.max_steps, self.run_dir)
         return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
                            final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
                            checkpoints=list(self.checkpoints), history=self.history,
@@ -833,7 +844,10 @@ class Trainer:
         return watch
 
     def _recent_loss(self) -> float | None:
-        losses = [h["loss"] for h in self.history[-self.cfg.log_every:] if math.isfinite(h["loss"])]
+        from .checkpoint import loss_window
+
+        losses = [x for x in loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
+                  if math.isfinite(x)]
         return sum(losses) / len(losses) if losses else None
 
     def _figures(self, elapsed: float) -> dict:

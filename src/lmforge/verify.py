@@ -4,7 +4,8 @@
     lmforge verify runs/quickstart
 
 Finds every artifact (a directory with a manifest.json) under the given paths, prints
-one row per artifact with the tokenizer_sha256 it records, and exits 1 when any
+one row per artifact with the tokenizer_sha256 it records, and exits 1 when an output
+file fails its size or sha256 against its manifest (CORRUPT), when any
 differs from the tokenizer's, when a tokenizer-dependent artifact records none (a
 missing link), when a tokenizer's tokenizer_config.json `sha256_hash` does not match
 its spm.model, or when a model directory carries tokenizer files other than the ones
@@ -183,6 +184,17 @@ def _stale_inputs(path: Path, manifest: dict) -> list[str]:
     return notes
 
 
+def output_problems(path: Path, manifest: dict) -> list[str]:
+    """Every output's size and sha256 against the manifest (hashes cached by size/mtime/inode)."""
+    from .artifacts import verify_outputs
+
+    try:
+        verify_outputs(path, manifest, full=False, cached=True)
+    except ArtifactError as exc:
+        return [str(exc)]
+    return []
+
+
 def verify_paths(paths: list[str | Path], tokenizer: str | Path | None = None) -> Result:
     """Check every artifact under `paths` against the reference tokenizer."""
     artifacts = find_artifacts([Path(p) for p in paths])
@@ -192,6 +204,9 @@ def verify_paths(paths: list[str | Path], tokenizer: str | Path | None = None) -
     rows, warnings = [], []
     for path, manifest in artifacts:
         row, own = check_artifact(path, manifest, reference)
+        damaged = output_problems(path, manifest)
+        if damaged:
+            row.status, own = "CORRUPT", damaged + own
         rows.append(row)
         problems += own
         warnings += _stale_inputs(path, manifest)
@@ -203,7 +218,7 @@ def format_table(result: Result, full: bool = False) -> str:
     def short(sha: str | None) -> str:
         return "-" if not sha else (sha if full else sha[:16] + "…")
 
-    mark = {"reference": "✓ source", "ok": "✓", "external": "✓ external", "n/a": "n/a", "MISMATCH": "✗ MISMATCH", "MISSING": "✗ MISSING",
+    mark = {"reference": "✓ source", "ok": "✓", "external": "✓ external", "n/a": "n/a", "MISMATCH": "✗ MISMATCH", "MISSING": "✗ MISSING", "CORRUPT": "✗ CORRUPT",
             "?": "? no reference"}
     lines = ["=== TOKENIZER SHA256 VALIDATION ===", f"reference: {result.reference or '(none)'}"
              + (f"  (from {result.reference_from})" if result.reference_from else "")]

@@ -62,7 +62,10 @@ class SourceCache:
     """cache/NN_name/: part_NNNNN.jsonl.gz (docs with token counts), hashes_NNNNN.u64, state.json."""
 
     def __init__(self, cache_root: Path, index: int, name: str):
-        self.dir = cache_root / f"{index:02d}_{name}"
+        from ..artifacts import child_dir
+
+        # A source name becomes a folder name: "../x" must not lead writes out of the cache.
+        self.dir = child_dir(cache_root, f"{index:02d}_{name}", f"sources[{index}].name")
 
     def part_path(self, n: int) -> Path:
         return self.dir / f"part_{n:05d}.jsonl.gz"

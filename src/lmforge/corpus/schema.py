@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import config_from_dict, parse_set_overrides, spec, to_dict
+from ..config import config_from_dict, parse_set_overrides, read_config_file, spec, to_dict
 from ..decontam import DecontaminationParams
 from ..errors import ConfigError
 from ..text_clean import NORMALIZATION_FORMS, CleaningRules, TokenCounter
@@ -114,12 +113,7 @@ def load_corpus_config(path: str | os.PathLike, set_items: list[str] | None = No
                        tokenizer_dir: str | None = None) -> CorpusConfig:
     """Read and validate a corpus config; `--set` keys may address sources as sources.NAME.key."""
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid JSON: {exc}") from None
+    raw = read_config_file(p)
     overrides = parse_set_overrides(set_items)
     if tokenizer_dir:
         overrides["tokenizer_dir"] = tokenizer_dir

@@ -240,7 +240,7 @@ def _parse(raw: bytes, skipped: Counter) -> dict | None:
     except UnicodeDecodeError:
         skipped["invalid_utf8"] += 1
         return None
-    except ValueError:
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, nesting 100k deep
         skipped["malformed_json"] += 1
         return None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
@@ -481,17 +481,14 @@ def check_previous_pack(out_dir: Path, tokenizer_sha: str, tokenizer_from: str, 
 def run_pack(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, output_dir: str | os.PathLike,
              cfg: PackConfig, *, force: bool = False) -> dict | None:
     """Build the pack; returns its manifest, or None when it was already up to date."""
-    from ..artifacts import check_tokenizer_lineage, is_up_to_date, load_manifest
+    from ..artifacts import is_up_to_date, load_manifest
     from ..log import get_logger
-    from ..tokenizer import MODEL_FILE, load_tokenizer
+    from ..tokenizer import MODEL_FILE, load_tokenizer_artifact
 
     log = get_logger(__name__)
     started = time.time()
     corpus_dir, tokenizer_dir, out_dir = Path(corpus_dir), Path(tokenizer_dir), Path(output_dir)
-    tok = load_tokenizer(tokenizer_dir)
-    tok_manifest = load_manifest(tokenizer_dir, "tokenizer")
-    check_tokenizer_lineage(tok.sha256, str(tokenizer_dir / MODEL_FILE),
-                            tok_manifest.get("tokenizer_sha256"), str(tokenizer_dir / "manifest.json"))
+    tok = load_tokenizer_artifact(tokenizer_dir)  # manifest, sha256 of its files, lineage
     log.info("Tokenizer loaded: SHA256 validated (%s, vocab %d)", tok.sha256[:16], tok.vocab_size)
     dtype = resolve_dtype(cfg.dtype, tok.vocab_size)
     corpus_manifest = load_manifest(corpus_dir, "corpus")

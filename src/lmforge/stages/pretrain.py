@@ -102,15 +102,15 @@ def load_stage_config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    from ..artifacts import check_tokenizer_lineage
+    from ..artifacts import check_tokenizer_lineage, child_dir
     from ..data_loader import normalise_weights, open_packed_dir
     from ..model import load_architecture
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer_artifact
 
     cfg = load_stage_config(args)
     arch_path = resolve_architecture_path(cfg.architecture, Path(args.config))
     arch = load_architecture(arch_path)
-    tokenizer = load_tokenizer(args.tokenizer_dir)
+    tokenizer = load_tokenizer_artifact(args.tokenizer_dir)
     packed = [open_packed_dir(d) for d in args.data_dirs]
     for p in packed:
         check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_dir}", p.tokenizer_sha256,
@@ -123,7 +123,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"{arch_path}: max_position_embeddings ({arch.max_position_embeddings}) is shorter than "
                           f"the packed sequences ({seq_length})")
     weights = normalise_weights(args.data_weights, len(packed))
-    run_dir = Path(args.output_dir) / arch.name
+    run_dir = child_dir(args.output_dir, arch.name, f"{arch_path}: name")  # never "../x" or "/abs"
     training = to_dict(cfg.training)
     training.pop("stop_after_steps")  # stopping early does not change what the run is
     training.pop("report_to", None)  # where metrics are sent does not change what the run is
@@ -232,6 +232,10 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     quiet_transformers()
     t = plan.cfg.training
     accelerator = make_accelerator(t)
+    from ..limits import check_pretrain_fits
+
+    check_pretrain_fits(plan.arch, plan.tokenizer.vocab_size, plan.identity["seq_length"], t.per_device_batch_size,
+                        accelerator.device)  # absurd sizes stop here, before any allocation
     main_process = accelerator.is_main_process
     resume_from = choose_resume(args, plan)
     if main_process:

@@ -117,7 +117,7 @@ def resolve(args) -> Plan:
                             f"base model {args.model_path}")
     manifests = []
     for d in args.data_dirs:
-        m = load_manifest(d, DATA_STAGE)
+        m = load_manifest(d, DATA_STAGE, verify="cached")  # sha256 on first use, cached by size/mtime/inode
         check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}", m.get("tokenizer_sha256"),
                                 f"SFT data {d}")
         manifests.append(m)
@@ -154,9 +154,10 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     """The base model (fp32 master weights) wrapped with trainable LoRA adapters."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    from ..model_io import load_causal_lm
+
+    base = load_causal_lm(model_path, torch.float32)  # no custom code, safetensors only
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
     missing = [m for m in lora.target_modules if m not in present]
     if missing:
@@ -221,6 +222,7 @@ def train(args, plan: Plan) -> int:
     cfg, t = plan.cfg, plan.cfg.training
     out = Path(args.output_dir)
     accelerator = make_accelerator(t)
+    check_memory(args, plan, accelerator.device)  # absurd sizes stop here, before any allocation
     resume_from = choose_resume(args, SimpleNamespace(run_dir=out, identity=plan.config_dict))
     if accelerator.is_main_process:
         prepare_output_dir(out)
@@ -237,6 +239,7 @@ def train(args, plan: Plan) -> int:
              args.model_path, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, ",".join(cfg.lora.target_modules),
              human_count(trainable), human_count(total), 100 * trainable / total)
     train_splits = [SFTSplit(d, "train") for d in args.data_dirs]
+    check_token_ids(args.data_dirs, model.config.vocab_size)  # an id past the vocab: one error, not IndexError
     batches = WeightedBatches(train_splits, plan.weights, t.per_device_batch_size, pad_id,
                               seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
@@ -265,6 +268,30 @@ def train(args, plan: Plan) -> int:
     return 0
 
 
+def check_token_ids(data_dirs, vocab_size: int) -> None:
+    """Every token id of the SFT data (train and val) is inside the model's vocabulary
+    (the maximum is computed once per file version and cached, like its sha256)."""
+    from ..packed import check_token_range
+    from ..sft_dataset import SFTSplit
+
+    for d in data_dirs:
+        for split in ("train", "val"):
+            if (Path(d) / f"{split}.idx").is_file():
+                check_token_range(SFTSplit(d, split).tokens, vocab_size)
+
+
+def check_memory(args, plan: Plan, device) -> None:
+    """Refuse a micro-batch that cannot fit (see lmforge.limits), from the base model's config."""
+    from ..limits import check_sft_fits
+
+    base = Path(args.model_path)
+    seq = max(int(((m.get("config") or {}).get("processing") or {}).get("max_length") or 1024)
+              for m in plan.data_manifests)
+    weights = sum(p.stat().st_size for p in base.glob("model*.safetensors"))
+    check_sft_fits(read_json(base / "config.json", "model config"), weights, seq,
+                   plan.cfg.training.per_device_batch_size, device)
+
+
 def _eval_batches(data_dirs, t, pad_id, accelerator, iter_eval_batches, SFTSplit) -> list[dict] | None:
     """A fixed list of val micro-batches over every dataset, dealt round-robin to the ranks."""
     if t.eval_batches == 0:
@@ -276,8 +303,10 @@ def _eval_batches(data_dirs, t, pad_id, accelerator, iter_eval_batches, SFTSplit
         if len(split):
             collected += list(iter_eval_batches(split, t.per_device_batch_size, pad_id,
                                                 limit=per_dir * t.per_device_batch_size))
-    mine = collected[accelerator.process_index::accelerator.num_processes]
-    return mine or None
+    if not collected:
+        return None  # no val data anywhere: every rank skips evaluation alike
+    # A rank dealt nothing still gets [] (not None): it must join the loss reduce the others wait in.
+    return collected[accelerator.process_index::accelerator.num_processes]
 
 
 def print_summary(plan: Plan, result, batches, out: Path) -> None:
