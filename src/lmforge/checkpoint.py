@@ -20,6 +20,7 @@ rest loads with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import shutil
@@ -256,7 +257,8 @@ def loss_window(prior: list[float], history: list[dict], size: int) -> list[floa
     Saved in meta.json as `recent_losses`, so a resumed run reports the same final
     loss as an uninterrupted one (the weights already were identical).
     """
-    return [*prior, *(h["loss"] for h in history)][-max(1, size):]
+    # skipped (non-finite) steps are not losses of the model the run reports
+    return [x for x in [*prior, *(h["loss"] for h in history)][-max(1, size):] if math.isfinite(x)]
 
 
 def restored_losses(meta: dict) -> list[float]:

@@ -418,6 +418,7 @@ class Trainer:
         self.history: list[dict] = []
         self.checkpoints: list[Path] = []
         self.last_eval: dict | None = None
+        self.prior_losses: list[float] = []  # a resumed run's recent losses (checkpoint.restored_losses)
         self._tb = None
         if self.acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -705,8 +706,7 @@ class Trainer:
         from .config import to_dict
 
         self._flush()
-        losses = [x for x in loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
-                  if math.isfinite(x)]
+        losses = loss_window(self.prior_losses, self.history, self.cfg.log_every)
         return {"stage": self.meta.stage, "step": self.step, "tokens_seen": self.tokens_seen,
                 "data_state": self.batches.state_dict(), "config": self.meta.config, "training": to_dict(self.cfg),
                 "tokenizer_sha256": self.meta.tokenizer_sha256, "world_size": self.acc.num_processes,
@@ -846,8 +846,7 @@ class Trainer:
     def _recent_loss(self) -> float | None:
         from .checkpoint import loss_window
 
-        losses = [x for x in loss_window(getattr(self, "prior_losses", []), self.history, self.cfg.log_every)
-                  if math.isfinite(x)]
+        losses = loss_window(self.prior_losses, self.history, self.cfg.log_every)
         return sum(losses) / len(losses) if losses else None
 
     def _figures(self, elapsed: float) -> dict:
