@@ -25,9 +25,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 def build_checkpoint(arch_path: str, tokenizer: Path, out: Path) -> Path:
     from lmforge.artifacts import write_manifest
-    from lmforge.checkpoint import save_model
-    from lmforge.model import build_model, load_architecture
-    from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+    from lmforge.training.checkpoint import save_model
+    from lmforge.model.architecture import build_model, load_architecture
+    from lmforge.tokenizer.spm import copy_tokenizer_files, load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     model = build_model(load_architecture(arch_path), tok.vocab_size)

@@ -8,7 +8,7 @@ real tokenizer stage, then in the same run measures:
   reference  texts already in memory, `sp.encode(batch, num_threads=1)` of whole
              documents in one process (the issue's reference)
   pieces     the same process encoding the same exact pieces `lmforge pack` encodes
-             (lmforge.piecewise), to separate the pieces' gain from the workers'
+             (lmforge.tokenizer.piecewise), to separate the pieces' gain from the workers'
   lmforge    `python -m lmforge.cli pack --workers N --force` end to end (process start,
              sha256 checks of every shard, gzip + JSON reading, encoding, writing .bin/.idx)
 
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from lmforge.artifacts import write_manifest  # noqa: E402
-from lmforge.sources import stream_hub  # noqa: E402
+from lmforge.data.sources import stream_hub  # noqa: E402
 from lmforge.stages.pack import PackConfig  # noqa: E402
-from lmforge.tokenizer import MODEL_FILE  # noqa: E402
+from lmforge.tokenizer.spm import MODEL_FILE  # noqa: E402
 
 SOURCES = [  # (name, hub id, config, split)
     ("c4", "allenai/c4", "en", "train"),
@@ -101,7 +101,7 @@ def reference_encode(tokenizer: Path, texts: list[str], batch: int, piece_chars:
     """
     import sentencepiece as spm
 
-    from lmforge.piecewise import PiecewiseEncoder
+    from lmforge.tokenizer.piecewise import PiecewiseEncoder
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer / MODEL_FILE))
     encoder = PiecewiseEncoder(sp, piece_chars)

@@ -2,7 +2,7 @@
 """Benchmark: train the plan's 32K tokenizer on a real-data corpus built from the mirror.
 
 1. Builds a corpus artifact (~33M characters by default) from the hub mirror's C4,
-   Gutenberg, Wikipedia and FineWeb files through lmforge.sources.stream_hub, in the
+   Gutenberg, Wikipedia and FineWeb files through lmforge.data.sources.stream_hub, in the
    plan's 28/24/24/24 mix (a source the mirror cannot fill is topped up by the others),
    written as `lmforge corpus` writes it: shards/shard_NNNN.jsonl.gz + manifest.json.
 2. Runs `lmforge tokenizer --config config/pretrain/tokenizer/spm32k.json` on it in a
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from lmforge.artifacts import load_manifest, write_manifest  # noqa: E402
-from lmforge.sources import stream_hub  # noqa: E402
+from lmforge.data.sources import stream_hub  # noqa: E402
 
 # name -> (hub id, config, split, share of the plan's tokenizer mix)
 SOURCES = {
@@ -127,7 +127,7 @@ def compare_model_types(corpus: Path, num_threads: int) -> dict:
 
     from lmforge.config import load_config
     from lmforge.stages.tokenizer import CorpusStream, TokenizerConfig, train_spm, verify_corpus
-    from lmforge.tokenizer_metrics import measure_by_source
+    from lmforge.tokenizer.metrics import measure_by_source
 
     cfg = load_config(REPO / "config/pretrain/tokenizer/spm32k.json", TokenizerConfig,
                       {"corpus_dir": str(corpus), "num_threads": num_threads})

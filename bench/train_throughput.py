@@ -5,8 +5,8 @@
                                                      # CPU: fp32, mb 8, a shape where compute dominates
     python bench/train_throughput.py --small         # the reference's toy shape (vocab 512, d 64, 2 layers, seq 64)
 
-It times the optimizer step `lmforge pretrain` runs (`lmforge.training.Trainer._train_step`
-on `lmforge.decoder`: fused QKV, chunked in-forward loss, fused AdamW, clipping, device-
+It times the optimizer step `lmforge pretrain` runs (`lmforge.training.loop.Trainer._train_step`
+on `lmforge.model.decoder`: fused QKV, chunked in-forward loss, fused AdamW, clipping, device-
 side bookkeeping; bf16 autocast and torch.compile on CUDA, fp32 eager on CPU) on random
 tokens, then runs the reference `../shared/bench/peer_train_bench.py` (copied next to this
 file for the run and removed afterwards; never committed) on the same shape and prints
@@ -103,10 +103,10 @@ def bench_lmforge(arch, vocab: int, seq: int, micro: int, steps: int, warmup: in
                   device_type: str) -> dict:
     import torch
 
-    from lmforge.decoder import build_decoder
+    from lmforge.model.decoder import build_decoder
     from lmforge.log import peak_rss_mb
-    from lmforge.model import choose_attention, count_parameters, flops_per_token
-    from lmforge.training import CheckpointMeta, Trainer, TrainingConfig, make_accelerator
+    from lmforge.model.architecture import choose_attention, count_parameters, flops_per_token
+    from lmforge.training.loop import CheckpointMeta, Trainer, TrainingConfig, make_accelerator
 
     precision = "bf16" if device_type == "cuda" else "no"  # the reference's CPU variants are fp32
     cfg = TrainingConfig(max_steps=10 ** 6, per_device_batch_size=micro, gradient_accumulation_steps=1,
@@ -190,7 +190,7 @@ def median_rows(runs: list[dict]) -> dict:
 
 
 def resolve_shape(args):
-    from lmforge.model import ArchitectureConfig, load_architecture
+    from lmforge.model.architecture import ArchitectureConfig, load_architecture
 
     if args.small:
         return ArchitectureConfig(name="small", vocab_size=512, hidden_size=64, num_layers=2, num_heads=2,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.artifacts import atomic_write_json, sha256_file, write_manifest
-from lmforge.tokenizer import CONFIG_FILE, MODEL_FILE, spm_special_token_args
+from lmforge.tokenizer.spm import CONFIG_FILE, MODEL_FILE, spm_special_token_args
 
 STDLIB_MODULES = ["json", "os", "re", "collections", "argparse", "pathlib", "typing", "logging",
                   "subprocess", "itertools", "functools", "dataclasses", "datetime", "decimal",
@@ -134,7 +134,7 @@ def make_base_model_dir(out: Path, tokenizer_dir: Path, layers: int = 2, hidden:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmforge.tokenizer import copy_tokenizer_files, load_tokenizer
+    from lmforge.tokenizer.spm import copy_tokenizer_files, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
@@ -164,8 +164,8 @@ def make_packed_dir(out: Path, tokenizer_dir: Path, texts: list[str], seq_length
     seq_length tokens; every `val_every`-th row goes to val. Manifest stage "pack"."""
     import numpy as np
 
-    from lmforge.indexed import IndexedWriter
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.data.indexed import IndexedWriter
+    from lmforge.tokenizer.spm import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     stream: list[int] = []

@@ -29,7 +29,7 @@ def test_unknown_name_is_an_attribute_error():
 
 def test_load_model_and_reply_match_the_chat_command(tiny_base_model):
     from lmforge import load_model, reply
-    from lmforge.chat import Sampling, generate_reply
+    from lmforge.model.chat import Sampling, generate_reply
 
     model, tok = load_model(tiny_base_model)
     text = reply(model, tok, "Hello there", max_new_tokens=6)

@@ -7,7 +7,7 @@ import sys
 import pexpect
 import pytest
 
-from lmforge.chat import Sampling, fit_history, generate_reply, load_chat_model
+from lmforge.model.chat import Sampling, fit_history, generate_reply, load_chat_model
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ MULTIBYTE = ["naïve café, déjà vu, Ærøskøbing", "中文字符和日本語
 def test_incremental_decoding_of_multibyte_text_loses_nothing(loaded, text):
     """Token by token (byte-fallback pieces included), the shown text is always a prefix
     of the final text, never holds U+FFFD, and ends equal to the full decode."""
-    from lmforge.chat import IncrementalDecoder
+    from lmforge.model.chat import IncrementalDecoder
 
     _, tok = loaded
     ids = tok.encode(text)
@@ -90,7 +90,7 @@ def test_streamer_with_generate_style_tensors(loaded):
     """The streamer generate() drives: prompt first, then one token tensor per step."""
     import torch
 
-    from lmforge.chat import _TextStreamer
+    from lmforge.model.chat import _TextStreamer
 
     _, tok = loaded
     text = "你好 🙂 café"
@@ -105,7 +105,7 @@ def test_streamer_with_generate_style_tensors(loaded):
 
 
 def test_an_unfinished_character_is_flushed_at_the_end(loaded):
-    from lmforge.chat import IncrementalDecoder
+    from lmforge.model.chat import IncrementalDecoder
 
     _, tok = loaded
     ids = tok.encode("ok 中")
@@ -119,7 +119,7 @@ def test_commands_system_save_reset(tmp_path):
     import argparse
     import json
 
-    from lmforge.chat import command
+    from lmforge.model.chat import command
 
     args = argparse.Namespace(model_path="m")
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

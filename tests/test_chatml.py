@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.chatml import encode_conversation, encode_prompt, format_chatml, spans, validate_messages
-from lmforge.tokenizer import load_tokenizer
+from lmforge.data.chatml import encode_conversation, encode_prompt, format_chatml, spans, validate_messages
+from lmforge.tokenizer.spm import load_tokenizer
 
 CONV = [
     {"role": "system", "content": "You are terse."},

@@ -27,8 +27,8 @@ SRC = Path(__import__("lmforge").__file__).resolve().parents[1]
 
 
 def _schemas() -> dict[str, object]:
-    from lmforge.model import ArchitectureConfig
-    from lmforge.pipeline import Pipeline
+    from lmforge.model.architecture import ArchitectureConfig
+    from lmforge.pipeline.run import Pipeline
     from lmforge.stages.pack import PackConfig
     from lmforge.stages.pretrain import PretrainConfig
     from lmforge.stages.sft import SFTConfig
@@ -45,7 +45,7 @@ def _schemas() -> dict[str, object]:
 
 def _load(path: Path, schema, overrides=None):
     if schema is None:
-        from lmforge.corpus.schema import load_corpus_config
+        from lmforge.data.corpus.schema import load_corpus_config
 
         return load_corpus_config(path, [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()])
     return load_config(path, schema, overrides)
@@ -70,7 +70,7 @@ def _arch_file(tmp_path: Path, data: bytes) -> Path:
     (b'{"hidden_size": 64, "num_heads": 0, "num_kv_heads": 0}', "num_heads: must be >= 1"),
 ], ids=["utf8", "5000_digits", "deep", "heads0", "nan", "infinity", "1e400", "heads0_kv0"])
 def test_bad_config_files_are_one_config_error(tmp_path, data, message):
-    from lmforge.model import ArchitectureConfig
+    from lmforge.model.architecture import ArchitectureConfig
 
     with pytest.raises(ConfigError, match=message):
         load_config(_arch_file(tmp_path, data), ArchitectureConfig)
@@ -89,7 +89,7 @@ def test_directory_as_config_and_set_on_a_non_object(tmp_path):
 
 
 def test_null_pipeline_stage_is_a_config_error(tmp_path):
-    from lmforge.pipeline import Pipeline
+    from lmforge.pipeline.run import Pipeline
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"run_dir": "x", "stages": [None]}))
@@ -109,8 +109,8 @@ def test_cli_prints_one_error_line_for_a_bad_config(tmp_path):
 
 
 def test_absurd_sizes_are_refused_before_allocation():
-    from lmforge.limits import check_pretrain_fits
-    from lmforge.model import ArchitectureConfig
+    from lmforge.training.limits import check_pretrain_fits
+    from lmforge.model.architecture import ArchitectureConfig
 
     tiny = ArchitectureConfig()
     check_pretrain_fits(tiny, 32768, 1024, 8)  # the plan's step 5 fits this machine
@@ -143,7 +143,7 @@ def test_pretrain_cli_refuses_a_billion_batch_fast(tmp_path, tiny_tokenizer, tin
 @pytest.mark.parametrize("line", ['{"text": ' + "[" * 100000 + "]" * 100000 + "}",
                                   '{"text": "a", "n": ' + "7" * 5000 + "}"], ids=["deep", "5000_digits"])
 def test_absurd_json_records_are_skipped_and_counted(line):
-    from lmforge.sources import parse_json_record
+    from lmforge.data.sources import parse_json_record
     from lmforge.stages.pack import _parse
 
     skips: Counter = Counter()
@@ -153,7 +153,7 @@ def test_absurd_json_records_are_skipped_and_counted(line):
 
 
 def test_sft_data_skips_and_counts_absurd_records(tmp_path):
-    from lmforge.sft_sources import SourceConfig, iter_conversations
+    from lmforge.data.sft_sources import SourceConfig, iter_conversations
 
     good = {"instruction": "Say hi.", "input": "", "output": "Hi!"}
     lines = [json.dumps(good), '{"instruction": ' + "[" * 100000 + "]" * 100000 + "}",
@@ -250,8 +250,8 @@ def test_seeded_fuzz_of_real_configs_gives_no_tracebacks(tmp_path):
 
 
 def test_seeded_fuzz_of_records_gives_no_tracebacks():
-    from lmforge.sft_sources import alpaca_messages
-    from lmforge.sources import parse_json_record
+    from lmforge.data.sft_sources import alpaca_messages
+    from lmforge.data.sources import parse_json_record
     from lmforge.stages.pack import _parse
 
     rng = random.Random(8)

@@ -72,7 +72,7 @@ def test_verify_passes_intact_outputs(tmp_path, packed_copy, tiny_tokenizer, cap
 
 
 def test_sha256_is_cached_by_size_mtime_inode(packed_copy, monkeypatch):
-    from lmforge.packed import load_packed_manifest
+    from lmforge.data.packed import load_packed_manifest
 
     calls: list[str] = []
     real = artifacts.sha256_file
@@ -91,7 +91,7 @@ def test_sha256_is_cached_by_size_mtime_inode(packed_copy, monkeypatch):
 
 
 def test_out_of_vocabulary_ids_are_refused_on_open(tmp_path, tiny_tokenizer, tiny_texts, capsys):
-    from lmforge.indexed import IndexedWriter
+    from lmforge.data.indexed import IndexedWriter
 
     packed = make_packed_dir(tmp_path / "oov", tiny_tokenizer, tiny_texts[:60])
     with IndexedWriter(packed / "train", np.uint16) as w:  # same row count, one id past the vocab
@@ -107,7 +107,7 @@ def test_out_of_vocabulary_ids_are_refused_on_open(tmp_path, tiny_tokenizer, tin
 
 def test_tokenizer_without_manifest_is_refused_everywhere(tmp_path, tiny_tokenizer, tiny_packed, tiny_base_model,
                                                          capsys):
-    from lmforge.model_io import check_lineage
+    from lmforge.model.loading import check_lineage
 
     tok = tmp_path / "tok"
     shutil.copytree(tiny_tokenizer, tok, ignore=shutil.ignore_patterns(".lmforge*"))
@@ -124,7 +124,7 @@ def test_tokenizer_without_manifest_is_refused_everywhere(tmp_path, tiny_tokeniz
 
 
 def test_tokenizer_file_corrupted_after_training_is_refused(tmp_path, tiny_tokenizer):
-    from lmforge.tokenizer import load_tokenizer_artifact
+    from lmforge.tokenizer.spm import load_tokenizer_artifact
 
     tok = tmp_path / "tok"
     shutil.copytree(tiny_tokenizer, tok, ignore=shutil.ignore_patterns(".lmforge*"))
@@ -137,7 +137,7 @@ def test_tokenizer_file_corrupted_after_training_is_refused(tmp_path, tiny_token
 
 
 def test_sft_data_ids_outside_the_model_vocabulary_are_refused(tmp_path):
-    from lmforge.indexed import IndexedWriter
+    from lmforge.data.indexed import IndexedWriter
     from lmforge.stages.sft import check_token_ids
 
     for split, top in (("train", 399), ("val", 400)):
@@ -153,7 +153,7 @@ def test_hash_cache_beside_mirror_data_is_not_taken_for_data(tmp_path):
     """The sha256 cache lands beside the files it describes; a mirror listing must not see it
     (it changed the eval's data identity, so a second quickstart run re-ran eval)."""
     from lmforge.artifacts import cached_sha256
-    from lmforge.sources import mirror_files
+    from lmforge.data.sources import mirror_files
 
     split = tmp_path / "org" / "name" / "test"
     split.mkdir(parents=True)

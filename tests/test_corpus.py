@@ -210,7 +210,7 @@ def test_bad_records_are_counted_by_reason_in_manifest(tmp_path):
 
 
 def test_exact_token_counts_with_a_tokenizer(tmp_path, two_sources, tiny_tokenizer):
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.spm import load_tokenizer
 
     config = write_config(tmp_path, two_sources[:1])
     assert run(config, tmp_path / "out", "--tokenizer-dir", str(tiny_tokenizer)) == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from lmforge.builtin_corpus import BUILTIN_CORPORA, stream_builtin
-from lmforge.text_clean import (CleaningRules, TokenCounter, clean_record, dedup_key, estimate_tokens, normalize_text,
+from lmforge.data.builtin_corpus import BUILTIN_CORPORA, stream_builtin
+from lmforge.data.text_clean import (CleaningRules, TokenCounter, clean_record, dedup_key, estimate_tokens, normalize_text,
                                 split_long_text, truncate_to_tokens)
 
 
@@ -40,7 +40,7 @@ def test_split_prefers_paragraphs_then_whitespace():
 
 
 def test_truncate_lands_on_budget_at_a_word_boundary(tiny_tokenizer):
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.spm import load_tokenizer
 
     text = "The quick brown fox jumps over the lazy dog. " * 40
     for counter in (TokenCounter(), TokenCounter(load_tokenizer(tiny_tokenizer))):

@@ -105,7 +105,7 @@ def test_final_loss_is_the_same_after_resume(full_run, tmp_path, resume, keep_st
 
 def test_eval_refuses_a_broken_safetensors_header_in_one_line(full_run, tmp_path, tiny_tokenizer):
     from lmforge.errors import ArtifactError
-    from lmforge.model_io import load_for_eval
+    from lmforge.model.loading import load_for_eval
 
     model = tmp_path / "final"
     shutil.copytree(full_run / "final", model, ignore=shutil.ignore_patterns(".lmforge*"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.decoder import LmforgeDecoder, build_decoder, chunked_linear_cross_entropy
-from lmforge.model import ArchitectureConfig, build_model
+from lmforge.model.decoder import LmforgeDecoder, build_decoder, chunked_linear_cross_entropy
+from lmforge.model.architecture import ArchitectureConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""Decontamination (lmforge.decontam): the corpus stage and sft-data drop, report or ignore
+"""Decontamination (lmforge.data.decontam): the corpus stage and sft-data drop, report or ignore
 training documents that share a word 13-gram with an evaluation item.
 
 The evaluation sets are small made-up fixtures written here in each dataset's hub schema,
@@ -16,7 +16,7 @@ import pytest
 
 from lmforge.artifacts import load_manifest
 from lmforge.cli import main as cli_main
-from lmforge.decontam import DecontaminationParams, NgramIndex, build_index, ngram_hashes, words_of
+from lmforge.data.decontam import DecontaminationParams, NgramIndex, build_index, ngram_hashes, words_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_planted_test_page_is_dropped_and_counted(tmp_path, planted, eval_mirror
     # sets that the mirror lacks are listed, not fatal
     assert "hellaswag" in d["missing"] and "Rowan/hellaswag" in d["missing"]["hellaswag"]
     assert "2 contaminated documents, 2 dropped" in capsys.readouterr().out
-    from lmforge.report import write_report
+    from lmforge.pipeline.report import write_report
 
     report = write_report(tmp_path).read_text()  # REPORT.md's evaluation section names it too
     assert "`out_drop` (corpus, drop, 13-grams): 2 contaminated documents (2 dropped); per source: local 2/8" in report

@@ -106,8 +106,8 @@ def test_generations_are_saved_and_reproducible(full_run, tiny_base_model, tiny_
         ("Gamma rays", "greedy", None), ("Gamma rays", "sampled", 1234)]
     assert all(1 <= r["new_tokens"] <= 6 for r in records)
 
-    from lmforge.metrics.generation import GenerationSettings, generate_all
-    from lmforge.model_io import load_for_eval
+    from lmforge.evaluation.generation import GenerationSettings, generate_all
+    from lmforge.model.loading import load_for_eval
 
     m = load_for_eval(tiny_base_model, tiny_tokenizer, device="cpu")
     settings = GenerationSettings(max_new_tokens=6, samples=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.errors import DataError
-from lmforge.eval_data import is_article_heading, load_boolq, load_wikitext, rebuild_wikitext_documents
+from lmforge.evaluation.datasets import is_article_heading, load_boolq, load_wikitext, rebuild_wikitext_documents
 
 RAW = [" = Alpha = \n", " Alpha is a letter . \n", " = = History = = \n", " It is old . \n",
        " = = = Use = = = \n", " = Beta = \n", " Beta follows Alpha . \n"]

@@ -1,10 +1,10 @@
-"""REPORT.md's evaluation section (lmforge.evaluation_report): the all-tasks table and decontamination lines."""
+"""REPORT.md's evaluation section (lmforge.evaluation.report_table): the all-tasks table and decontamination lines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.evaluation_report import decontamination_lines, evaluation_table
+from lmforge.evaluation.report_table import decontamination_lines, evaluation_table
 
 
 def task(acc, se, chance, near, **extra):

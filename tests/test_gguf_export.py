@@ -42,8 +42,8 @@ def exported(model) -> dict[str, Path]:
 
 
 def test_file_reads_back_with_gguf(model, exported):
-    from lmforge.chatml import CHAT_TEMPLATE
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.data.chatml import CHAT_TEMPLATE
+    from lmforge.tokenizer.spm import load_tokenizer
 
     reader = gguf.GGUFReader(str(exported["f16"]))
     field = lambda key: reader.fields[key].contents()  # noqa: E731
@@ -53,7 +53,7 @@ def test_file_reads_back_with_gguf(model, exported):
     sp = load_tokenizer(model).sp
     assert field("tokenizer.ggml.tokens") == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     assert field("tokenizer.ggml.token_type")[4:6] == [4, 4]  # <|im_start|>, <|im_end|>: user-defined
-    from lmforge.tokenizer_hf import bpe_merges, load_proto
+    from lmforge.tokenizer.hf_export import bpe_merges, load_proto
 
     merges = [f"{a} {b}" for a, b in bpe_merges(load_proto(model / "spm.model"))]
     assert field("tokenizer.ggml.merges") == merges and merges  # the Hugging Face export's merges
@@ -73,7 +73,7 @@ def test_transformers_loads_it_and_f16_computes_the_same(model, exported):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.spm import load_tokenizer
 
     tok = load_tokenizer(model)
     source = AutoModelForCausalLM.from_pretrained(model).eval()

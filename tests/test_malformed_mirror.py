@@ -475,7 +475,7 @@ def test_eval_sft_truncated_boolq_gzip_is_one_clear_error(tmp_path, mirrors, tin
 def test_oasst_trees_tolerate_bad_ranks_duplicates_and_cycles():
     from collections import Counter
 
-    from lmforge.sft_sources import build_trees
+    from lmforge.data.sft_sources import build_trees
 
     skips: Counter = Counter()
     roots = build_trees(oasst_rows(), ["en"], skips)
@@ -488,7 +488,7 @@ def test_parquet_and_bom_through_the_shared_reader(tmp_path, mirrors):
     from collections import Counter
 
     from lmforge.errors import DataError
-    from lmforge.sources import stream_files
+    from lmforge.data.sources import stream_files
 
     skips: Counter = Counter()
     parquet = mirrors["malformed"] / "manu/project_gutenberg/en/en-00001.parquet"

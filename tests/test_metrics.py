@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from lmforge.metrics.boolq import BoolQExample, accuracy_stats, harness_format, harness_text, predict
-from lmforge.metrics.loglikelihood import encode_pair, model_input, rolling_loglikelihoods, score_requests
-from lmforge.metrics.perplexity import (
+from lmforge.evaluation.boolq import BoolQExample, accuracy_stats, harness_format, harness_text, predict
+from lmforge.evaluation.loglikelihood import encode_pair, model_input, rolling_loglikelihoods, score_requests
+from lmforge.evaluation.perplexity import (
     CorpusLikelihood, count_bytes, count_words, detokenize_wikitext, perplexity_metrics, rolling_windows)
 
 

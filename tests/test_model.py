@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.errors import ConfigError
-from lmforge.model import (ArchitectureConfig, build_model, choose_attention, count_parameters, flops_per_token,
+from lmforge.model.architecture import (ArchitectureConfig, build_model, choose_attention, count_parameters, flops_per_token,
                            load_architecture)
 
 REPO = Path(__file__).resolve().parents[1]

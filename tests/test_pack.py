@@ -20,8 +20,8 @@ from lmforge.artifacts import sha256_file
 from lmforge.cli import main as cli_main
 from lmforge.config import config_from_dict
 from lmforge.errors import ArtifactError, ConfigError, DataError, LineageError
-from lmforge.indexed import IndexedDataset
-from lmforge.packed import load_packed_manifest, open_packed
+from lmforge.data.indexed import IndexedDataset
+from lmforge.data.packed import load_packed_manifest, open_packed
 from lmforge.stages.pack import PackConfig, describe, run_pack, split_of
 
 REPO = Path(__file__).resolve().parents[1]

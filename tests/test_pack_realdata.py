@@ -10,8 +10,8 @@ import sentencepiece as spm
 
 from conftest import make_corpus_dir, make_tokenizer_dir
 from lmforge.config import config_from_dict
-from lmforge.packed import load_packed_manifest, open_packed
-from lmforge.sources import stream_hub
+from lmforge.data.packed import load_packed_manifest, open_packed
+from lmforge.data.sources import stream_hub
 from lmforge.stages.pack import PackConfig, run_pack, split_of
 
 pytestmark = pytest.mark.realdata

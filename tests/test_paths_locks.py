@@ -65,7 +65,7 @@ def test_manifests_cannot_point_outside_their_directory(tmp_path):
 
 
 def test_pipeline_stage_names_are_file_names(tmp_path):
-    from lmforge.pipeline import load_pipeline
+    from lmforge.pipeline.run import load_pipeline
 
     path = tmp_path / "p.json"
     atomic_write_json(path, {"run_dir": str(tmp_path), "stages": [

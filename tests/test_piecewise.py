@@ -7,8 +7,8 @@ import random
 import pytest
 import sentencepiece as spm
 
-from lmforge.piecewise import SPACE_SYMBOL, PiecewiseEncoder, cut, why_not_cuttable
-from lmforge.tokenizer_hf import load_proto
+from lmforge.tokenizer.piecewise import SPACE_SYMBOL, PiecewiseEncoder, cut, why_not_cuttable
+from lmforge.tokenizer.hf_export import load_proto
 
 # Characters that stress the cut rule: spaces and literal "▁" (both become "▁"), other
 # whitespace that identity normalisation keeps, digits (split one per piece), accents,
@@ -95,8 +95,8 @@ def test_other_models_are_encoded_whole(tmp_path, tiny_texts, options, reason):
 
 def test_lmforge_tokenizer_encodes_in_exact_pieces(tiny_tokenizer, sp, tiny_texts):
     """Every stage's `Tokenizer.encode` (corpus token counts, ChatML, metrics) goes through the pieces."""
-    from lmforge.piecewise import DEFAULT_PIECE_CHARS
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.piecewise import DEFAULT_PIECE_CHARS
+    from lmforge.tokenizer.spm import load_tokenizer
 
     tok = load_tokenizer(tiny_tokenizer)
     assert tok.pieces.piece_chars == DEFAULT_PIECE_CHARS

@@ -10,7 +10,7 @@ import pytest
 
 from lmforge.cli import main as cli
 from lmforge.config import config_from_dict
-from lmforge.pipeline import (Pipeline, Stage, expand_env_value, launch_command, plan, select, stage_argv,
+from lmforge.pipeline.run import (Pipeline, Stage, expand_env_value, launch_command, plan, select, stage_argv,
                               stage_output)
 from lmforge.errors import LmforgeError
 
@@ -40,7 +40,7 @@ def test_launch_commands():
                    "-m", "lmforge.cli", "pack", "--x", "1"]
     script = launch_command(_stage(launcher="accelerate", script="scripts/30_pack_dataset.py"), argv)
     assert script[3:] == ["--mixed_precision", "bf16", "scripts/30_pack_dataset.py", "--x", "1"]
-    assert launch_command(_stage(verb="quickstart-data"), argv)[1:3] == ["-m", "lmforge.quickstart_data"]
+    assert launch_command(_stage(verb="quickstart-data"), argv)[1:3] == ["-m", "lmforge.data.quickstart_data"]
 
 
 def test_stage_output_from_flags():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmforge.artifacts import load_manifest, sha256_file
-from lmforge.quickstart_data import MIRROR_FILES, PRETRAIN_CORPUS, RAW_WIKITEXT, QuickstartDataConfig, build, cli
-from lmforge.sources import stream_hub
+from lmforge.data.quickstart_data import MIRROR_FILES, PRETRAIN_CORPUS, RAW_WIKITEXT, QuickstartDataConfig, build, cli
+from lmforge.data.sources import stream_hub
 
 
 def _rows(path: Path) -> list[dict]:

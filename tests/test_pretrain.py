@@ -15,7 +15,7 @@ import pytest
 from conftest import make_packed_dir
 from lmforge.artifacts import atomic_write_json, sha256_file, write_manifest
 from lmforge.cli import main as cli_main
-from lmforge.tokenizer import CONFIG_FILE, MODEL_FILE, spm_special_token_args
+from lmforge.tokenizer.spm import CONFIG_FILE, MODEL_FILE, spm_special_token_args
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = {"name": "micro", "vocab_size": 400, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
@@ -48,7 +48,7 @@ def hf_tokenizer(tmp_path_factory, tiny_texts) -> Path:
     """A tokenizer dir with Hugging Face files, trained with the settings lmforge's tokenizer stage uses."""
     import sentencepiece as spm
 
-    from lmforge.tokenizer_hf import export_hf_files
+    from lmforge.tokenizer.hf_export import export_hf_files
 
     out = tmp_path_factory.mktemp("hf_tok")
     spm.SentencePieceTrainer.train(
@@ -72,8 +72,8 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmforge.checkpoint import load_model_weights
-    from lmforge.model import ArchitectureConfig, build_model
+    from lmforge.training.checkpoint import load_model_weights
+    from lmforge.model.architecture import ArchitectureConfig, build_model
 
     config = write_config(tmp_path)
     args = ["--config", str(config), "--data_dirs", str(hf_packed), "--tokenizer_dir", str(hf_tokenizer),
@@ -96,7 +96,7 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.bos_token == "<s>" and tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
     # Issue 16: stops at the end of a ChatML turn, the one template, the model's context (not the tokenizer's 32).
-    from lmforge.chatml import CHAT_TEMPLATE
+    from lmforge.data.chatml import CHAT_TEMPLATE
 
     assert hf_model.generation_config.eos_token_id == [2, 5]
     assert tok.chat_template == CHAT_TEMPLATE and tok.model_max_length == ARCH["max_position_embeddings"]

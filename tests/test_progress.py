@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from lmforge.progress import TrainingProgress, Trackers, available_trackers, requested_trackers
+from lmforge.training.progress import TrainingProgress, Trackers, available_trackers, requested_trackers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,7 +93,7 @@ def test_missing_tracker_is_one_clear_line(caplog):
 
 
 def test_training_reports_before_step_one_and_names_missing_trackers(tiny_packed, tmp_path, caplog):
-    """The real loop (lmforge.training) through the hooks: the start line comes before any
+    """The real loop (lmforge.training.loop) through the hooks: the start line comes before any
     step line, step 1 is reported, a missing asked-for tracker is one warning."""
     from test_training import cfg, train
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lmforge.artifacts import atomic_write_json, write_manifest
 from lmforge.cli import main as cli
-from lmforge.report import find_value, read_metrics
+from lmforge.pipeline.report import find_value, read_metrics
 
 from test_verify import build_run, _sha
 
@@ -171,8 +171,8 @@ def test_a_real_classifier_is_not_flagged(tmp_path, tiny_tokenizer):
 
 def test_derived_data_is_named_in_results_and_report(tmp_path, tiny_tokenizer, monkeypatch):
     """A mirror written by quickstart-data says what its sets are; results and REPORT.md repeat it."""
-    from lmforge.eval_data import hub_source, load_boolq
-    from lmforge.quickstart_data import DERIVED_MARKER, DERIVED_WHAT
+    from lmforge.evaluation.datasets import hub_source, load_boolq
+    from lmforge.data.quickstart_data import DERIVED_MARKER, DERIVED_WHAT
 
     mirror = tmp_path / "q" / "mirror"
     boolq_dir = mirror / "aps/super_glue/boolq/validation"
@@ -198,7 +198,7 @@ def test_derived_data_is_named_in_results_and_report(tmp_path, tiny_tokenizer, m
 
 
 def test_plot_helpers_tokens_axis_and_plan_ranges():
-    from lmforge.report import _at_tokens, _tokens_axis, expected_range
+    from lmforge.pipeline.report import _at_tokens, _tokens_axis, expected_range
 
     assert expected_range("2.8-3.2") == (2.8, 3.2) and expected_range("~600-800") == (600.0, 800.0)
     assert expected_range("~8-12 GB") == (8.0, 12.0) and expected_range("n/a") is None

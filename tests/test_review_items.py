@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.data_loader import PackedBatches, open_packed_dir
-from lmforge.model import ArchitectureConfig, build_model, quiet_transformers
-from lmforge.training import CheckpointMeta, TrainingConfig, evaluate, make_accelerator, run_training
+from lmforge.data.loader import PackedBatches, open_packed_dir
+from lmforge.model.architecture import ArchitectureConfig, build_model, quiet_transformers
+from lmforge.training.loop import CheckpointMeta, TrainingConfig, evaluate, make_accelerator, run_training
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -63,7 +63,7 @@ def test_chat_refuses_custom_code_without_prompt_or_traceback(tmp_path, tiny_tok
 
 @pytest.mark.parametrize("model_type", ["lmforge_evil", "llama"])
 def test_every_loader_refuses_auto_map(tmp_path, model_type):
-    from lmforge.model_io import load_causal_lm
+    from lmforge.model.loading import load_causal_lm
     from lmforge.stages.sft import LoraSettings, build_lora_model
 
     model, marker = _evil_dir(tmp_path, model_type)
@@ -75,7 +75,7 @@ def test_every_loader_refuses_auto_map(tmp_path, model_type):
 
 
 def test_unknown_architecture_is_refused(tmp_path):
-    from lmforge.model_io import load_causal_lm
+    from lmforge.model.loading import load_causal_lm
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_real_arch"}))
     with pytest.raises(ArtifactError, match="unknown architecture"):
@@ -101,7 +101,7 @@ def pickle_only_model(tmp_path_factory, tiny_base_model) -> Path:
 
 
 def test_pickle_weights_are_refused_by_every_loader(pickle_only_model, tiny_tokenizer):
-    from lmforge.model_io import load_causal_lm, load_for_eval
+    from lmforge.model.loading import load_causal_lm, load_for_eval
     from lmforge.stages.sft import LoraSettings, build_lora_model
 
     for load in (lambda: load_causal_lm(pickle_only_model), lambda: build_lora_model(str(pickle_only_model), LoraSettings()),
@@ -113,7 +113,7 @@ def test_pickle_weights_are_refused_by_every_loader(pickle_only_model, tiny_toke
 
 
 def test_safe_model_still_loads(tiny_base_model):
-    from lmforge.model_io import load_causal_lm
+    from lmforge.model.loading import load_causal_lm
 
     model = load_causal_lm(tiny_base_model)
     assert model.config.model_type == "llama"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from lmforge.artifacts import load_manifest, sha256_file
-from lmforge.chatml import spans
+from lmforge.data.chatml import spans
 from lmforge.cli import main as cli
-from lmforge.sft_dataset import SFTSplit
-from lmforge.tokenizer import load_tokenizer
+from lmforge.data.sft_dataset import SFTSplit
+from lmforge.tokenizer.spm import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

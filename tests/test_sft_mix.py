@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ConfigError
-from lmforge.sft_dataset import IGNORE_INDEX, SFTSplit, SplitWriter, WeightedBatches, collate, normalise_weights
+from lmforge.data.sft_dataset import IGNORE_INDEX, SFTSplit, SplitWriter, WeightedBatches, collate, normalise_weights
 
 
 def make_split(root, n: int, marker: int):

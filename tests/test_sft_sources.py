@@ -6,7 +6,7 @@ import gzip
 import json
 from collections import Counter
 
-from lmforge.sft_sources import SourceConfig, alpaca_messages, iter_conversations, oasst_conversations
+from lmforge.data.sft_sources import SourceConfig, alpaca_messages, iter_conversations, oasst_conversations
 
 
 def msg(mid, parent, role, text, rank=None, lang="en", deleted=False):

@@ -58,7 +58,7 @@ def trained(setup):
 def val_nll(model_dir, data_dirs):
     from transformers import AutoModelForCausalLM
 
-    from lmforge.sft_dataset import SFTSplit, iter_eval_batches
+    from lmforge.data.sft_dataset import SFTSplit, iter_eval_batches
     from lmforge.stages.eval_sft import assistant_nll
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -165,8 +165,8 @@ def test_eval_sft_results(setup, trained, tmp_path, capsys):
 def test_chat_template_reproduces_training_ids(trained):
     from transformers import AutoTokenizer
 
-    from lmforge.chatml import encode_conversation, encode_prompt
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.data.chatml import encode_conversation, encode_prompt
+    from lmforge.tokenizer.spm import load_tokenizer
 
     final = trained / "final"
     hf, tok = AutoTokenizer.from_pretrained(final), load_tokenizer(final)
@@ -194,8 +194,8 @@ def test_chat_template_reproduces_every_stored_training_example(setup, trained):
     """Issue 16: the template in final/ (and in the tokenizer dir) gives the very ids sft-data stored."""
     from transformers import AutoTokenizer
 
-    from lmforge.sft_dataset import SFTSplit
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.data.sft_dataset import SFTSplit
+    from lmforge.tokenizer.spm import load_tokenizer
 
     tok = load_tokenizer(setup["tok"])
     templates = [AutoTokenizer.from_pretrained(d) for d in (trained / "final", setup["tok"])]
@@ -244,7 +244,7 @@ def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatc
     from transformers import AutoModelForCausalLM
 
     from lmforge import load_model
-    from lmforge.adapter import BASE_FILE
+    from lmforge.model.adapter import BASE_FILE
 
     tree = tmp_path / "tree"
     shutil.copytree(setup["base"], tree / "checkpoints/pretrain/base/final")

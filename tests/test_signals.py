@@ -93,7 +93,7 @@ ARCH = {"name": "micro", "vocab_size": 400, "hidden_size": 32, "num_layers": 1, 
 
 
 def test_sigterm_during_training_saves_a_checkpoint_and_says_so(tmp_path, tiny_tokenizer, tiny_packed):
-    from lmforge.checkpoint import latest_checkpoint, load_meta
+    from lmforge.training.checkpoint import latest_checkpoint, load_meta
 
     atomic_write_json(tmp_path / "arch.json", ARCH)
     atomic_write_json(tmp_path / "t.json", {"architecture": str(tmp_path / "arch.json"), "training": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.metrics.smoke import (SmokeCase, SmokeRules, has_keywords, matches_regex, no_degenerate_repetition,
+from lmforge.evaluation.smoke import (SmokeCase, SmokeRules, has_keywords, matches_regex, no_degenerate_repetition,
                                    no_role_leakage, not_empty, quality_score, score_reply)
 
 RULES = SmokeRules()

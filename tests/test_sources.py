@@ -1,4 +1,4 @@
-"""lmforge.sources: local files of every kind, the hub mirror's resolution order, bad input."""
+"""lmforge.data.sources: local files of every kind, the hub mirror's resolution order, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from lmforge.errors import DataError
-from lmforge.sources import mirror_files, stream_builtin, stream_files, stream_hub
+from lmforge.data.sources import mirror_files, stream_builtin, stream_files, stream_hub
 
 
 def _jsonl(path, records, gz=False):

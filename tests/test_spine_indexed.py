@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ArtifactError
-from lmforge.indexed import IndexedDataset, IndexedWriter, smallest_token_dtype
+from lmforge.data.indexed import IndexedDataset, IndexedWriter, smallest_token_dtype
 
 
 def test_round_trip_and_header_layout(tmp_path):
@@ -54,7 +54,7 @@ def test_dtype_choice():
 
 
 def test_all_or_nothing_finalizes_together_or_leaves_nothing(tmp_path):
-    from lmforge.indexed import all_or_nothing
+    from lmforge.data.indexed import all_or_nothing
 
     with all_or_nothing({s: IndexedWriter(tmp_path / "ok" / s) for s in ("train", "val")}) as writers:
         writers["train"].add_sequence([1, 2])

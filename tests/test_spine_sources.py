@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from lmforge.errors import DataError
-from lmforge.sources import mirror_files, stream_files, stream_hub
+from lmforge.data.sources import mirror_files, stream_files, stream_hub
 
 
 def _write_jsonl(path, rows):

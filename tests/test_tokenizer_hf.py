@@ -9,9 +9,9 @@ import sentencepiece as spm
 
 from conftest import stdlib_texts
 from lmforge.errors import ArtifactError
-from lmforge.tokenizer import hf_tokenizer
-from lmforge.tokenizer_hf import build_tokenizers_pipeline, check_exportable, load_proto
-from lmforge.tokenizer_metrics import TextStats, measure, measure_by_source
+from lmforge.tokenizer.spm import hf_tokenizer
+from lmforge.tokenizer.hf_export import build_tokenizers_pipeline, check_exportable, load_proto
+from lmforge.tokenizer.metrics import TextStats, measure, measure_by_source
 
 VARIED = [
     "Hello world",
@@ -87,7 +87,7 @@ def test_chat_template_renders_chatml_with_the_same_ids(pair):
 
 
 def test_export_refuses_settings_it_cannot_reproduce(tmp_path):
-    from lmforge.tokenizer import spm_special_token_args
+    from lmforge.tokenizer.spm import spm_special_token_args
 
     spm.SentencePieceTrainer.train(sentence_iterator=iter(stdlib_texts(80)), model_prefix=str(tmp_path / "m"),
                                    vocab_size=350, model_type="unigram", byte_fallback=True, minloglevel=2,

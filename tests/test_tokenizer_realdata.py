@@ -10,9 +10,9 @@ import sentencepiece as spm
 
 from conftest import make_corpus_dir
 from lmforge.artifacts import load_manifest, write_manifest
-from lmforge.sources import stream_hub
+from lmforge.data.sources import stream_hub
 from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
-from lmforge.tokenizer import hf_tokenizer
+from lmforge.tokenizer.spm import hf_tokenizer
 
 pytestmark = pytest.mark.realdata
 

@@ -18,7 +18,7 @@ from lmforge.config import config_from_dict
 from lmforge.errors import ArtifactError, ConfigError, DataError
 from lmforge.stages.tokenizer import (CorpusStream, TokenizerConfig, is_held_out, passages, split_long_line,
                                       train_tokenizer)
-from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer.spm import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SPM32K = REPO / "config" / "pretrain" / "tokenizer" / "spm32k.json"

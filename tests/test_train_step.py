@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data_loader import PackedBatches, Prefetcher, open_packed_dir
-from lmforge.decoder import build_decoder
-from lmforge.model import ArchitectureConfig
-from lmforge.train_step import candidate_micro_batches, probe_micro_batch
-from lmforge.training import TrainingConfig, auto_split, make_accelerator, training_loss_sum
+from lmforge.data.loader import PackedBatches, Prefetcher, open_packed_dir
+from lmforge.model.decoder import build_decoder
+from lmforge.model.architecture import ArchitectureConfig
+from lmforge.training.step import candidate_micro_batches, probe_micro_batch
+from lmforge.training.loop import TrainingConfig, auto_split, make_accelerator, training_loss_sum
 from test_training import ARCH, cfg, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,7 +35,7 @@ def test_decoder_trains_resumes_exactly_and_its_final_is_a_hf_llama(tiny_packed,
 
 
 def test_step_figures_stay_on_the_device_until_a_log_step(tiny_packed, tmp_path):
-    from lmforge.training import CheckpointMeta, Trainer
+    from lmforge.training.loop import CheckpointMeta, Trainer
 
     c = cfg(max_steps=10, log_every=5)
     packed = open_packed_dir(tiny_packed)
@@ -145,7 +145,7 @@ def test_prefetcher_hands_out_the_same_batches_and_resumes_exactly(tiny_packed):
 
 
 def test_loss_sum_is_the_same_for_the_decoder_and_its_hf_twin():
-    from lmforge.model import build_model
+    from lmforge.model.architecture import build_model
 
     hf = build_model(ARCH, seed=0)
     ours = build_decoder(ARCH, seed=1)

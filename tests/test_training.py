@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.checkpoint import list_checkpoints, load_model_weights
-from lmforge.data_loader import PackedBatches, eval_batches, open_packed_dir
-from lmforge.model import ArchitectureConfig, build_model, quiet_transformers
-from lmforge.training import (CheckpointMeta, TrainingConfig, TrainingDiverged, lr_at, make_accelerator,
+from lmforge.training.checkpoint import list_checkpoints, load_model_weights
+from lmforge.data.loader import PackedBatches, eval_batches, open_packed_dir
+from lmforge.model.architecture import ArchitectureConfig, build_model, quiet_transformers
+from lmforge.training.loop import (CheckpointMeta, TrainingConfig, TrainingDiverged, lr_at, make_accelerator,
                               param_groups, run_training)
 
 ARCH = ArchitectureConfig(name="micro", vocab_size=400, hidden_size=64, num_layers=2, num_heads=2,

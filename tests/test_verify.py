@@ -11,8 +11,8 @@ import pytest
 
 from lmforge.artifacts import atomic_write_json, write_manifest
 from lmforge.cli import main as cli
-from lmforge.tokenizer import copy_tokenizer_files
-from lmforge.verify import verify_paths
+from lmforge.tokenizer.spm import copy_tokenizer_files
+from lmforge.pipeline.verify import verify_paths
 
 from conftest import make_tokenizer_dir, stdlib_texts
 

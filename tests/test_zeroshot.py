@@ -1,4 +1,4 @@
-"""Zero-shot tasks through lm-evaluation-harness (lmforge.zeroshot), on made-up fixture data.
+"""Zero-shot tasks through lm-evaluation-harness (lmforge.evaluation.zeroshot), on made-up fixture data.
 
 The task data are tiny invented items in each dataset's hub schema (tests/zeroshot_fixtures.py),
 under a temporary mirror; the harness's own task files score them in-process.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main as cli_main
-from lmforge.zeroshot import near_chance
-from lmforge.zeroshot_tasks import TASKS
+from lmforge.evaluation.zeroshot import near_chance
+from lmforge.evaluation.zeroshot_tasks import TASKS
 from zeroshot_fixtures import write_task_mirror
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,7 +152,7 @@ def test_eval_sft_runs_the_same_suite_from_its_config(tmp_path, tiny_base_model,
 def test_report_table_puts_pretrain_and_sft_side_by_side(tmp_path, tiny_base_model, tiny_tokenizer, task_mirror):
     """REPORT.md's evaluation table from real eval and eval-sft outputs of the same tasks."""
     pytest.importorskip("lm_eval")
-    from lmforge.report import write_report
+    from lmforge.pipeline.report import write_report
 
     run = tmp_path / "run"
     common = ["--model_path", str(tiny_base_model), "--tokenizer_path", str(tiny_tokenizer), "--mirror",
@@ -180,8 +180,8 @@ def test_in_process_scores_equal_the_harness_loading_the_model_itself(suite_run,
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lmforge.sources import resolve_mirror
-    from lmforge.zeroshot import ZeroShotSettings, preflight
+    from lmforge.data.sources import resolve_mirror
+    from lmforge.evaluation.zeroshot import ZeroShotSettings, preflight
 
     entries = preflight(ZeroShotSettings(tasks=list(TASKS)), resolve_mirror(str(task_mirror)))
     root = Path(lm_eval.__file__).parent / "tasks"

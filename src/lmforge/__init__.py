@@ -12,7 +12,7 @@ _API = {"load_model", "reply", "run_pipeline"}
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from lmforge import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")

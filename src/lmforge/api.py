@@ -7,7 +7,7 @@
     print(reply(model, tokenizer, "What is a list comprehension?"))
 
 Each function is a thin layer over what the CLI runs (`lmforge run`, `lmforge chat`), so
-the two never drift apart. (`reply`, not `chat`: `lmforge.chat` is the module behind
+the two never drift apart. (`reply`, not `chat`: `lmforge.model.chat` is the module behind
 `lmforge chat`, and a function of the same name would be shadowed by it.) Errors are `lmforge.errors.LmforgeError`s with one-line
 messages, as on the command line.
 """
@@ -24,7 +24,7 @@ def run_pipeline(pipeline: str | os.PathLike, *, run_dir: str | os.PathLike | No
                  only: Sequence[str] = (), start: str | None = None, stop: str | None = None,
                  dry_run: bool = False, report: bool = True, overrides: Sequence[str] = ()) -> int:
     """`lmforge run PIPELINE`: every stage in order, skipping up-to-date ones. Returns the exit code."""
-    from .pipeline import main
+    from lmforge.pipeline.run import main
 
     args = argparse.Namespace(pipeline=str(pipeline), run_dir=str(run_dir) if run_dir else None, start=start,
                               stop=stop, only=list(only), dry_run=dry_run, set=list(overrides),
@@ -35,13 +35,13 @@ def run_pipeline(pipeline: str | os.PathLike, *, run_dir: str | os.PathLike | No
 def load_model(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None):
     """(model, tokenizer) of a model directory (final/, step_N/) or a LoRA adapter directory.
 
-    The tokenizer is lmforge's (`lmforge.tokenizer.Tokenizer`, sha256 checked against the
-    model's lineage). An adapter finds its base as `lmforge.adapter` describes; its
+    The tokenizer is lmforge's (`lmforge.tokenizer.spm.Tokenizer`, sha256 checked against the
+    model's lineage). An adapter finds its base as `lmforge.model.adapter` describes; its
     tokenizer is the one beside it (the SFT final/) or its base's.
     """
-    from .adapter import is_adapter_dir, load_adapter_model, resolve_base
-    from .chat import load_chat_model
-    from .tokenizer import MODEL_FILE, load_tokenizer
+    from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
+    from lmforge.model.chat import load_chat_model
+    from lmforge.tokenizer.spm import MODEL_FILE, load_tokenizer
 
     path = Path(path)
     tokenizer_dir = Path(tokenizer_path or path)
@@ -55,10 +55,10 @@ def load_model(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None
 
 
 def _load_external(model_dir: Path, tokenizer_dir: Path):
-    """A model whose tokenizer is not lmforge's (lmforge.external): the tokenizer is read as is."""
+    """A model whose tokenizer is not lmforge's (lmforge.model.external): the tokenizer is read as is."""
     from transformers import AutoModelForCausalLM
 
-    from .external import load_external_tokenizer
+    from lmforge.model.external import load_external_tokenizer
 
     tokenizer = load_external_tokenizer(tokenizer_dir)
     return AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval(), tokenizer
@@ -67,7 +67,7 @@ def _load_external(model_dir: Path, tokenizer_dir: Path):
 def reply(model, tokenizer, message: str | Sequence[dict], *, max_new_tokens: int = 128,
          temperature: float = 0.0, system: str | None = None) -> str:
     """The model's reply to one message (or to a list of ChatML messages); greedy by default."""
-    from .chat import Sampling, generate_reply
+    from lmforge.model.chat import Sampling, generate_reply
 
     messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
     if system:

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from . import __version__
-from .errors import ArtifactError, LineageError
+from lmforge import __version__
+from lmforge.errors import ArtifactError, LineageError
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
@@ -309,7 +309,7 @@ def safe_name(value: str, what: str) -> str:
     name like "../../victim" must never point a stage's writes (or --force deletes)
     outside its output directory.
     """
-    from .errors import ConfigError
+    from lmforge.errors import ConfigError
 
     if not isinstance(value, str) or not value.strip() or value in (".", "..") or _BAD_NAME.search(value) \
             or os.path.isabs(value) or value != value.strip():

@@ -13,9 +13,9 @@ import importlib
 import os
 import sys
 
-from . import __version__
-from .errors import LmforgeError
-from .log import LOG_LEVELS, get_logger, setup_logging
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+from lmforge.log import LOG_LEVELS, get_logger, setup_logging
 
 # verb -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,11 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft-data": ("lmforge.stages.sft_data", "step 7: build ChatML SFT data with loss masks"),
     "sft": ("lmforge.stages.sft", "step 8: LoRA fine-tuning on weighted SFT datasets"),
     "eval-sft": ("lmforge.stages.eval_sft", "step 9: SFT perplexity, BoolQ, smoke tests"),
-    "chat": ("lmforge.chat", "interactive ChatML chat with a model"),
-    "export": ("lmforge.gguf_export", "export a model for llama.cpp / Ollama (GGUF, f16 or q8_0)"),
-    "verify": ("lmforge.verify", "check tokenizer lineage across run directories"),
-    "run": ("lmforge.pipeline", "run a whole pipeline file, skipping up-to-date stages"),
-    "report": ("lmforge.report", "regenerate REPORT.md for a pipeline run directory"),
+    "chat": ("lmforge.model.chat", "interactive ChatML chat with a model"),
+    "export": ("lmforge.model.gguf_export", "export a model for llama.cpp / Ollama (GGUF, f16 or q8_0)"),
+    "verify": ("lmforge.pipeline.verify", "check tokenizer lineage across run directories"),
+    "run": ("lmforge.pipeline.run", "run a whole pipeline file, skipping up-to-date stages"),
+    "report": ("lmforge.pipeline.report", "regenerate REPORT.md for a pipeline run directory"),
 }
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmforge: unknown verb '{verb}'{hint}\n\n{_overview()}", file=sys.stderr)
         return 2
     if os.environ.get("LMFORGE_DIE_WITH_PARENT") == "1":  # started by `lmforge run`, maybe via a launcher
-        from .pipeline import set_parent_death_signal
+        from lmforge.pipeline.run import set_parent_death_signal
 
         set_parent_death_signal()
     module, parser = build_parser(verb)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from .artifacts import release_all_locks
+        from lmforge.artifacts import release_all_locks
 
         release_all_locks()  # a verb called in-process (tests, the Python API) leaves no lock behind
 

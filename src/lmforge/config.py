@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from .errors import ConfigError
+from lmforge.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -24,15 +24,15 @@ import argparse
 import math
 from pathlib import Path
 
-from ..artifacts import is_up_to_date
-from ..corpus.analyze import analyze
-from ..corpus.assembly import build
-from ..corpus.cache import KILL_AFTER_PARTS_ENV
-from ..corpus.inputs import mirror_dir, preflight, token_counter
-from ..corpus.schema import (STAGE, CorpusConfig, OutputParams, ProcessingParams, SourceSpec, config_record,
+from lmforge.artifacts import is_up_to_date
+from lmforge.data.corpus.analyze import analyze
+from lmforge.data.corpus.assembly import build
+from lmforge.data.corpus.cache import KILL_AFTER_PARTS_ENV
+from lmforge.data.corpus.inputs import mirror_dir, preflight, token_counter
+from lmforge.data.corpus.schema import (STAGE, CorpusConfig, OutputParams, ProcessingParams, SourceSpec, config_record,
                              load_corpus_config)
-from ..corpus.shards import JsonlGzWriter, read_jsonl_gz
-from ..log import get_logger, human_count
+from lmforge.data.corpus.shards import JsonlGzWriter, read_jsonl_gz
+from lmforge.log import get_logger, human_count
 
 __all__ = ["add_arguments", "main", "describe", "build", "analyze", "load_corpus_config", "CorpusConfig",
            "SourceSpec", "ProcessingParams", "OutputParams", "JsonlGzWriter", "read_jsonl_gz", "STAGE",

@@ -6,9 +6,9 @@
 - BoolQ with exactly the pretraining protocol (`lmforge eval`'s code and prompt, so
   the two compare), plus the same questions as a ChatML user turn answered "yes"/"no".
 - Smoke tests from the config: each prompt is answered greedily in ChatML and checked
-  by machine-checkable rules (lmforge.metrics.smoke); quality score in [0, 1].
+  by machine-checkable rules (lmforge.evaluation.smoke); quality score in [0, 1].
 - Optional zero-shot tasks (`--tasks` / `zero_shot.tasks`) through lm-evaluation-harness,
-  exactly as `lmforge eval` runs them (lmforge.zeroshot), so pretrain and SFT compare.
+  exactly as `lmforge eval` runs them (lmforge.evaluation.zeroshot), so pretrain and SFT compare.
 - The pretraining results (--pretrain-results, or evaluation_results/pretrain/<name>/
   results.json beside the output when it exists) give the BoolQ delta.
 
@@ -31,10 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import spec
-from ..metrics.smoke import SmokeCase, SmokeRules
-from ..zeroshot import ZeroShotSettings
-from .evaluate import BoolQSettings, RuntimeSettings
+from lmforge.config import spec
+from lmforge.evaluation.smoke import SmokeCase, SmokeRules
+from lmforge.evaluation.zeroshot import ZeroShotSettings
+from lmforge.stages.evaluate import BoolQSettings, RuntimeSettings
 
 STAGE = "eval-sft"
 
@@ -103,8 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args) -> EvalSFTConfig:
-    from ..config import load_config, parse_set_overrides
-    from ..zeroshot import apply_tasks_flag
+    from lmforge.config import load_config, parse_set_overrides
+    from lmforge.evaluation.zeroshot import apply_tasks_flag
 
     overrides = parse_set_overrides(args.set)
     flags = {"pretrain_results": args.pretrain_results, "sft_perplexity.data_dirs": args.data_dirs,
@@ -131,10 +131,10 @@ def pretrain_results_path(cfg: EvalSFTConfig, output_file: Path) -> Path | None:
 
 
 def main(args) -> int:
-    from ..artifacts import is_up_to_date, prepare_output_dir
-    from ..config import to_dict
-    from ..log import get_logger
-    from ..model_io import load_for_eval
+    from lmforge.artifacts import is_up_to_date, prepare_output_dir
+    from lmforge.config import to_dict
+    from lmforge.log import get_logger
+    from lmforge.model.loading import load_for_eval
 
     log = get_logger(__name__)
     cfg = build_config(args)
@@ -145,8 +145,8 @@ def main(args) -> int:
         config_dict.pop("zero_shot")  # as before the suite existed: results computed then stay up to date
     config_dict["_mirror"] = str(args.mirror) if args.mirror else None
     config_dict["_output_file"] = output_file.name
-    from ..sources import resolve_mirror
-    from ..zeroshot import data_identity, preflight
+    from lmforge.data.sources import resolve_mirror
+    from lmforge.evaluation.zeroshot import data_identity, preflight
 
     preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
     if cfg.zero_shot.tasks:
@@ -168,8 +168,8 @@ class SFTEvalRun:
     """One SFT evaluation: each part adds to `results`; `write` saves it all, manifest last."""
 
     def __init__(self, cfg: EvalSFTConfig, loaded, args, out: Path):
-        from ..log import get_logger
-        from ..tokenizer import load_tokenizer
+        from lmforge.log import get_logger
+        from lmforge.tokenizer.spm import load_tokenizer
 
         self.cfg, self.loaded, self.args, self.out = cfg, loaded, args, out
         self.tokenizer = load_tokenizer(args.tokenizer_path)  # the ids SFT data and chat use
@@ -188,8 +188,8 @@ class SFTEvalRun:
         if self.cfg.smoke.enabled and self.cfg.smoke.cases:
             results["smoke"] = self.smoke()
         if self.cfg.zero_shot.tasks:
-            from ..sources import resolve_mirror
-            from ..zeroshot import run, split_items
+            from lmforge.data.sources import resolve_mirror
+            from lmforge.evaluation.zeroshot import run, split_items
 
             results["zero_shot"] = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.args.mirror),
                                        self.cfg.runtime.batch_size)
@@ -207,15 +207,15 @@ class SFTEvalRun:
             return configured
         recorded = (self.loaded.manifest.get("config") or {}).get("data_dirs")
         if not recorded:
-            from ..errors import ConfigError
+            from lmforge.errors import ConfigError
 
             raise ConfigError(f"{self.args.model_path}: its manifest records no SFT data dirs; "
                               "pass --data_dirs or set sft_perplexity.data_dirs")
         return recorded
 
     def sft_perplexity(self) -> dict:
-        from ..artifacts import check_tokenizer_lineage, load_manifest
-        from ..sft_dataset import STAGE as DATA_STAGE, SFTSplit, iter_eval_batches
+        from lmforge.artifacts import check_tokenizer_lineage, load_manifest
+        from lmforge.data.sft_dataset import STAGE as DATA_STAGE, SFTSplit, iter_eval_batches
 
         start = time.time()
         per_dir, total_nll, total_tokens = {}, 0.0, 0
@@ -237,8 +237,8 @@ class SFTEvalRun:
                 "seconds": round(time.time() - start, 2)}
 
     def boolq(self, prompt_format: str, table: str) -> dict:
-        from ..eval_data import load_boolq
-        from ..metrics.boolq import evaluate_boolq
+        from lmforge.evaluation.datasets import load_boolq
+        from lmforge.evaluation.boolq import evaluate_boolq
 
         s, m = self.cfg.boolq, self.loaded
         skips: Counter = Counter()
@@ -253,8 +253,8 @@ class SFTEvalRun:
                 "skipped": dict(skips), "seconds": round(time.time() - start, 2)}
 
     def smoke(self) -> dict:
-        from ..chat import Sampling, generate_reply
-        from ..metrics.smoke import quality_score, rule_pass_rates, score_reply
+        from lmforge.model.chat import Sampling, generate_reply
+        from lmforge.evaluation.smoke import quality_score, rule_pass_rates, score_reply
 
         s = self.cfg.smoke
         start = time.time()
@@ -283,7 +283,7 @@ class SFTEvalRun:
         path = pretrain_results_path(self.cfg, Path(self.args.output_file))
         if path is None:
             return None
-        from ..artifacts import read_json
+        from lmforge.artifacts import read_json
 
         pre = read_json(path, "pretraining results")
         before, after = (pre.get("boolq") or {}).get("accuracy"), (results.get("boolq") or {}).get("accuracy")
@@ -296,9 +296,9 @@ class SFTEvalRun:
     # -------------------------------------------------------- outputs
 
     def write(self, results: dict, output_file: Path, config_dict: dict, inputs: dict) -> None:
-        from ..artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
-        from ..log import peak_rss_mb
-        from .evaluate import _json_safe
+        from lmforge.artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
+        from lmforge.log import peak_rss_mb
+        from lmforge.stages.evaluate import _json_safe
 
         m = self.loaded
         results.update({"model_path": str(self.args.model_path), "tokenizer_path": str(self.args.tokenizer_path),
@@ -315,7 +315,7 @@ class SFTEvalRun:
                    "partial": results["partial"], **headline(results)}
         write_manifest(self.out, STAGE, config=config_dict, inputs=inputs, tokenizer_sha256=m.tokenizer_sha256,
                        outputs=[output_file.name, "report.md", *self.tables], figures=_json_safe(figures))
-        from ..model_card import record_evaluation
+        from lmforge.model.card import record_evaluation
         record_evaluation(self.args.model_path, STAGE, _json_safe(headline(results)), results["expected"],
                           Path(output_file).resolve())
 
@@ -324,7 +324,7 @@ def assistant_nll(model, batches) -> tuple[float, int]:
     """Summed NLL and count of the masked-in (assistant) tokens over the batches."""
     import torch
 
-    from ..training import causal_lm_loss_sum, count_label_tokens
+    from lmforge.training.loop import causal_lm_loss_sum, count_label_tokens
 
     device = next(model.parameters()).device
     nll, tokens = 0.0, 0
@@ -347,7 +347,7 @@ def headline(results: dict) -> dict:
               "boolq_chatml_accuracy": (results.get("boolq_chatml") or {}).get("accuracy"),
               "smoke_quality": (results.get("smoke") or {}).get("quality_score"),
               "boolq_delta_vs_pretrain": (results.get("pretrain_comparison") or {}).get("boolq_delta")}
-    from ..zeroshot import headline as zero_shot_headline
+    from lmforge.evaluation.zeroshot import headline as zero_shot_headline
 
     return {**{k: v for k, v in picked.items() if v is not None}, **zero_shot_headline(results.get("zero_shot"))}
 
@@ -379,7 +379,7 @@ def render_report(results: dict) -> str:
         lines += ["", "## Smoke tests", "", "| rule | pass rate |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in smoke["rule_pass_rates"].items()]
         lines += ["", f"Replies and per-rule verdicts: `{smoke['file']}`"]
-    from ..zeroshot import report_lines
+    from lmforge.evaluation.zeroshot import report_lines
 
     lines += report_lines(results.get("zero_shot"))
     return "\n".join(lines) + "\n"

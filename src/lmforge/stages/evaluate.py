@@ -10,7 +10,7 @@ Protocols are lm-evaluation-harness 0.4's, so the numbers compare with the harne
 - Generations from the config's prompts, greedy and seeded samples.
 - Optional zero-shot tasks (`--tasks` or `zero_shot.tasks`: lambada_openai, piqa,
   arc_easy, arc_challenge, hellaswag, winogrande, copa, social_iqa) scored in-process by
-  lm-evaluation-harness's own task definitions (lmforge.zeroshot), with chance baselines.
+  lm-evaluation-harness's own task definitions (lmforge.evaluation.zeroshot), with chance baselines.
 
 Data come from the hub (redirected by LMFORGE_MIRROR / --mirror) or local files.
 The model's manifest must record the tokenizer the user names (lineage check).
@@ -33,8 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import spec
-from ..zeroshot import ZeroShotSettings
+from lmforge.config import spec
+from lmforge.evaluation.zeroshot import ZeroShotSettings
 
 DEFAULT_CONFIG = "config/evaluation/pretrain_standard.json"
 STAGE = "eval"
@@ -148,8 +148,8 @@ def resolve_config_path(path: str) -> Path:
 
 
 def build_config(args: argparse.Namespace) -> EvalConfig:
-    from ..config import load_config, parse_set_overrides
-    from ..zeroshot import apply_tasks_flag
+    from lmforge.config import load_config, parse_set_overrides
+    from lmforge.evaluation.zeroshot import apply_tasks_flag
 
     overrides = parse_set_overrides(getattr(args, "overrides", None))
     flags = {
@@ -184,13 +184,13 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..artifacts import is_up_to_date, prepare_output_dir
-    from ..config import to_dict
-    from ..log import get_logger
+    from lmforge.artifacts import is_up_to_date, prepare_output_dir
+    from lmforge.config import to_dict
+    from lmforge.log import get_logger
 
     log = get_logger(__name__)
-    from ..sources import resolve_mirror
-    from ..zeroshot import preflight
+    from lmforge.data.sources import resolve_mirror
+    from lmforge.evaluation.zeroshot import preflight
 
     cfg = build_config(args)
     preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.force and is_up_to_date(args.output_dir, STAGE, config_dict, inputs):
         log.info("%s: up to date, skipping (use --force to redo)", args.output_dir)
         return 0
-    from ..model_io import load_for_eval
+    from lmforge.model.loading import load_for_eval
 
     loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device,
                            dtype=cfg.runtime.dtype, max_length=cfg.runtime.max_length)
@@ -216,8 +216,8 @@ def main(args: argparse.Namespace) -> int:
 def data_identity(cfg: EvalConfig, mirror: str | None) -> dict:
     """What the data were (mirror files or local files), so that a run on other data is
     never mistaken for up to date."""
-    from ..sources import data_fingerprint, resolve_mirror
-    from ..zeroshot import data_identity as zero_shot_identity
+    from lmforge.data.sources import data_fingerprint, resolve_mirror
+    from lmforge.evaluation.zeroshot import data_identity as zero_shot_identity
 
     found = {name: data_fingerprint(hub=(s.hub_id, s.hub_config, s.split), files=s.local_file, mirror=mirror)
              for name, s in (("wikitext", cfg.wikitext), ("boolq", cfg.boolq)) if s.enabled}
@@ -232,7 +232,7 @@ class EvalRun:
     """One evaluation: each part fills `results`; `write` saves everything, manifest last."""
 
     def __init__(self, cfg: EvalConfig, loaded, out: Path, mirror: str | None = None):
-        from ..log import get_logger
+        from lmforge.log import get_logger
 
         self.cfg, self.loaded, self.out, self.mirror = cfg, loaded, out, mirror
         self.log = get_logger(__name__)
@@ -255,9 +255,9 @@ class EvalRun:
         return results
 
     def wikitext(self) -> dict:
-        from ..eval_data import load_wikitext
-        from ..metrics.loglikelihood import rolling_loglikelihoods
-        from ..metrics.perplexity import CorpusLikelihood, count_bytes, count_words, detokenize_wikitext
+        from lmforge.evaluation.datasets import load_wikitext
+        from lmforge.evaluation.loglikelihood import rolling_loglikelihoods
+        from lmforge.evaluation.perplexity import CorpusLikelihood, count_bytes, count_words, detokenize_wikitext
 
         s, m = self.cfg.wikitext, self.loaded
         skips: Counter = Counter()
@@ -285,8 +285,8 @@ class EvalRun:
         return result
 
     def boolq(self) -> dict:
-        from ..eval_data import load_boolq
-        from ..metrics.boolq import evaluate_boolq
+        from lmforge.evaluation.datasets import load_boolq
+        from lmforge.evaluation.boolq import evaluate_boolq
 
         s, m = self.cfg.boolq, self.loaded
         skips: Counter = Counter()
@@ -304,15 +304,15 @@ class EvalRun:
         return summary
 
     def zero_shot(self) -> dict:
-        from ..sources import resolve_mirror
-        from ..zeroshot import run, split_items
+        from lmforge.data.sources import resolve_mirror
+        from lmforge.evaluation.zeroshot import run, split_items
 
         result = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.mirror), self.cfg.runtime.batch_size)
         self.tables["zero_shot_items.jsonl"] = split_items(result)
         return result
 
     def generations(self) -> dict:
-        from ..metrics.generation import GenerationSettings, generate_all
+        from lmforge.evaluation.generation import GenerationSettings, generate_all
 
         g, enc = self.cfg.generation, self.loaded.encoder
         start = time.time()
@@ -326,8 +326,8 @@ class EvalRun:
                 "seconds": round(time.time() - start, 2)}
 
     def write(self, results: dict, config_dict: dict, inputs: dict, *, model_path: str, tokenizer_path: str) -> None:
-        from ..artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
-        from ..log import peak_rss_mb
+        from lmforge.artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
+        from lmforge.log import peak_rss_mb
 
         m = self.loaded
         results.update({
@@ -350,7 +350,7 @@ class EvalRun:
                    "partial": results["partial"], **headline_metrics(results)}
         write_manifest(self.out, STAGE, config=config_dict, inputs=inputs, tokenizer_sha256=m.tokenizer_sha256,
                        outputs=["results.json", "report.md", *self.tables], figures=_json_safe(figures))
-        from ..model_card import record_evaluation
+        from lmforge.model.card import record_evaluation
         record_evaluation(model_path, STAGE, _json_safe(headline_metrics(results)), results["expected"],
                           (self.out / "results.json").resolve())
 
@@ -371,7 +371,7 @@ def headline_metrics(results: dict) -> dict:
     picked = {"wikitext_word_perplexity": wt.get("word_perplexity"), "wikitext_byte_perplexity": wt.get("byte_perplexity"),
               "wikitext_bits_per_byte": wt.get("bits_per_byte"), "boolq_accuracy": bq.get("accuracy"),
               "boolq_yes_rate": bq.get("yes_rate"), "boolq_majority_baseline": bq.get("majority_baseline")}
-    from ..zeroshot import headline
+    from lmforge.evaluation.zeroshot import headline
 
     return {**{k: v for k, v in picked.items() if v is not None}, **headline(results.get("zero_shot"))}
 
@@ -414,7 +414,7 @@ def render_report(results: dict) -> str:
                   f"- accuracy {bq['accuracy']:.4f} ± {bq['accuracy_stderr']:.4f}",
                   f"- majority-class baseline {bq['majority_baseline']:.4f} (gold yes-rate {bq['gold_yes_rate']:.4f})",
                   f"- model yes-rate {bq['yes_rate']:.4f}", "", bias_note(bq)]
-    from ..zeroshot import report_lines
+    from lmforge.evaluation.zeroshot import report_lines
 
     lines += report_lines(results.get("zero_shot"))
     gen = results.get("generations")

@@ -33,8 +33,8 @@ from itertools import chain, compress
 from pathlib import Path
 from typing import Iterator, Literal
 
-from ..config import spec
-from ..piecewise import DEFAULT_PIECE_CHARS
+from lmforge.config import spec
+from lmforge.tokenizer.piecewise import DEFAULT_PIECE_CHARS
 
 SPLITS = ("train", "val")
 DTYPE_NAMES = ("auto", "uint8", "uint16", "int32")
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_pack_config(args: argparse.Namespace) -> PackConfig:
-    from ..config import config_from_dict, load_config, parse_set_overrides
+    from lmforge.config import config_from_dict, load_config, parse_set_overrides
 
     overrides = parse_set_overrides(getattr(args, "overrides", None))
     if getattr(args, "workers", None) is not None:
@@ -110,8 +110,8 @@ def main(args: argparse.Namespace) -> int:
 
 def describe(args: argparse.Namespace) -> dict[str, str]:
     """Derived figures for `lmforge run --dry-run`, from the input manifests only (estimates)."""
-    from ..artifacts import read_json
-    from ..log import human_count
+    from lmforge.artifacts import read_json
+    from lmforge.log import human_count
 
     cfg = load_pack_config(args)
     out = {"seq_length": str(cfg.seq_length), "split": f"{1 - cfg.val_fraction:.0%}/{cfg.val_fraction:.0%} by document",
@@ -142,8 +142,8 @@ def resolve_dtype(name: str, vocab_size: int):
     """The numpy dtype for token ids; ConfigError if the vocabulary does not fit in it."""
     import numpy as np
 
-    from ..errors import ConfigError
-    from ..indexed import smallest_token_dtype
+    from lmforge.errors import ConfigError
+    from lmforge.data.indexed import smallest_token_dtype
 
     dtype = np.dtype(smallest_token_dtype(vocab_size) if name == "auto" else name)
     highest = np.iinfo(dtype).max
@@ -189,7 +189,7 @@ def init_worker(model_proto: bytes, cfg_items: dict, dtype_name: str, bos: int, 
     """Load the SentencePiece model once per process, from the bytes whose sha256 was checked."""
     import sentencepiece as spm
 
-    from ..piecewise import PiecewiseEncoder
+    from lmforge.tokenizer.piecewise import PiecewiseEncoder
 
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
     _WORKER.update(encoder=PiecewiseEncoder(sp, cfg_items["encode_piece_chars"]), dtype=dtype_name,
@@ -328,7 +328,7 @@ def read_chunks(paths: list[str]) -> Iterator[Chunk]:
     loaded even when shards differ in size. The shards are our own artifact with a
     checked sha256, so plain gzip is enough (no `datasets` layer).
     """
-    from ..errors import ArtifactError
+    from lmforge.errors import ArtifactError
 
     for path in paths:
         name = Path(path).name
@@ -434,8 +434,8 @@ def _chunk_size(chunk: Chunk) -> int:
 
 def verify_shards(corpus_dir: Path, manifest: dict, shards: list[str], pool) -> None:
     """Re-hash every shard against the corpus manifest before any is read."""
-    from ..artifacts import sha256_file
-    from ..errors import ArtifactError
+    from lmforge.artifacts import sha256_file
+    from lmforge.errors import ArtifactError
 
     expected = {e["path"]: e["sha256"] for e in manifest["outputs"]}
     paths = [str(corpus_dir / rel) for rel in shards]
@@ -447,7 +447,7 @@ def verify_shards(corpus_dir: Path, manifest: dict, shards: list[str], pool) -> 
 
 
 def corpus_shards(corpus_dir: Path, manifest: dict) -> list[str]:
-    from ..errors import DataError
+    from lmforge.errors import DataError
 
     shards = sorted(e["path"] for e in manifest.get("outputs", [])
                     if e["path"].startswith("shards/") and e["path"].endswith((".jsonl.gz", ".jsonl")))
@@ -459,8 +459,8 @@ def corpus_shards(corpus_dir: Path, manifest: dict) -> list[str]:
 
 def check_previous_pack(out_dir: Path, tokenizer_sha: str, tokenizer_from: str, force: bool) -> None:
     """Refuse to overwrite another stage's artifact, or a pack made with another tokenizer."""
-    from ..artifacts import MANIFEST_NAME, read_json
-    from ..errors import ArtifactError, LineageError
+    from lmforge.artifacts import MANIFEST_NAME, read_json
+    from lmforge.errors import ArtifactError, LineageError
 
     path = out_dir / MANIFEST_NAME
     if not path.is_file():
@@ -481,9 +481,9 @@ def check_previous_pack(out_dir: Path, tokenizer_sha: str, tokenizer_from: str, 
 def run_pack(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, output_dir: str | os.PathLike,
              cfg: PackConfig, *, force: bool = False) -> dict | None:
     """Build the pack; returns its manifest, or None when it was already up to date."""
-    from ..artifacts import is_up_to_date, load_manifest
-    from ..log import get_logger
-    from ..tokenizer import MODEL_FILE, load_tokenizer_artifact
+    from lmforge.artifacts import is_up_to_date, load_manifest
+    from lmforge.log import get_logger
+    from lmforge.tokenizer.spm import MODEL_FILE, load_tokenizer_artifact
 
     log = get_logger(__name__)
     started = time.time()
@@ -514,8 +514,8 @@ def run_pack(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, ou
 
 def effective_piece_chars(sp, requested: int) -> int:
     """The piece length the workers will use: `requested`, or 0 when this tokenizer must encode whole texts."""
-    from ..log import get_logger
-    from ..piecewise import PiecewiseEncoder
+    from lmforge.log import get_logger
+    from lmforge.tokenizer.piecewise import PiecewiseEncoder
 
     encoder = PiecewiseEncoder(sp, requested)
     if encoder.piece_chars:
@@ -530,10 +530,10 @@ def effective_piece_chars(sp, requested: int) -> int:
 def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackConfig, dtype, pool,
                  workers: int) -> dict:
     """Tokenize every shard and write both splits; nothing lands under a final name on failure."""
-    from ..artifacts import prepare_output_dir
-    from ..errors import DataError
-    from ..indexed import IndexedWriter, all_or_nothing
-    from ..log import get_logger, progress
+    from lmforge.artifacts import prepare_output_dir
+    from lmforge.errors import DataError
+    from lmforge.data.indexed import IndexedWriter, all_or_nothing
+    from lmforge.log import get_logger, progress
 
     log = get_logger(__name__)
     prepare_output_dir(out_dir)
@@ -573,7 +573,7 @@ def pack_streams(corpus_dir: Path, shards: list[str], out_dir: Path, cfg: PackCo
 
 def _with_progress(chunks: Iterator[Chunk], bar, total: int) -> Iterator[Chunk]:
     """Log each shard as its reading starts and advance the bar by shards."""
-    from ..log import get_logger
+    from lmforge.log import get_logger
 
     current, seen = None, 0
     for chunk in chunks:
@@ -591,8 +591,8 @@ def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dic
     """Write the manifest (last) with the pack's figures."""
     import resource
 
-    from ..artifacts import write_manifest
-    from ..log import peak_rss_mb
+    from lmforge.artifacts import write_manifest
+    from lmforge.log import peak_rss_mb
 
     rows = counts["rows"]
     stored = {s: rows[s] * cfg.seq_length for s in SPLITS}
@@ -627,7 +627,7 @@ def finish(out_dir: Path, cfg: PackConfig, tok, dtype, counts: dict, inputs: dic
 
 def format_summary(manifest: dict, out_dir: Path) -> str:
     """The closing report, in the plan's shape."""
-    from ..log import human_bytes, human_count
+    from lmforge.log import human_bytes, human_count
 
     f = manifest["figures"]
     rows, total_rows = f["sequences"], sum(f["sequences"].values())

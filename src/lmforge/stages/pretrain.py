@@ -21,10 +21,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import load_config, parse_set_overrides, spec, to_dict
-from ..errors import ConfigError
-from ..log import get_logger, human_count
-from ..training import TrainingConfig, scaled_warmup
+from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.errors import ConfigError
+from lmforge.log import get_logger, human_count
+from lmforge.training.loop import TrainingConfig, scaled_warmup
 
 log = get_logger(__name__)
 
@@ -102,10 +102,10 @@ def load_stage_config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    from ..artifacts import check_tokenizer_lineage, child_dir
-    from ..data_loader import normalise_weights, open_packed_dir
-    from ..model import load_architecture
-    from ..tokenizer import load_tokenizer_artifact
+    from lmforge.artifacts import check_tokenizer_lineage, child_dir
+    from lmforge.data.loader import normalise_weights, open_packed_dir
+    from lmforge.model.architecture import load_architecture
+    from lmforge.tokenizer.spm import load_tokenizer_artifact
 
     cfg = load_stage_config(args)
     arch_path = resolve_architecture_path(cfg.architecture, Path(args.config))
@@ -132,7 +132,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights}
     inputs = {"tokenizer": str(args.tokenizer_dir)}
     if getattr(args, "init_from", None):  # checked now, before any output is written
-        from ..init_from import check_shape, check_source, identity as init_identity
+        from lmforge.model.init_from import check_shape, check_source, identity as init_identity
         check_shape(check_source(args.init_from, tokenizer.sha256), arch, tokenizer.vocab_size)
         identity["init_from"], inputs["init_from"] = init_identity(args.init_from), str(args.init_from)
     inputs.update({("data" if len(packed) == 1 else f"data_{i}"): str(p.path) for i, p in enumerate(packed)})
@@ -140,7 +140,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 
 def derived_figures(plan: Plan, world_size: int) -> dict:
-    from ..model import count_parameters
+    from lmforge.model.architecture import count_parameters
 
     t = plan.cfg.training
     seq = plan.identity["seq_length"]
@@ -166,8 +166,8 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
 
 def choose_resume(args: argparse.Namespace, plan: Plan) -> Path | None:
     """Which checkpoint to continue from, or None for a fresh start."""
-    from ..artifacts import sha256_json
-    from ..checkpoint import latest_checkpoint, load_meta
+    from lmforge.artifacts import sha256_json
+    from lmforge.training.checkpoint import latest_checkpoint, load_meta
 
     if args.resume:
         path = Path(args.resume) if args.resume != "latest" else latest_checkpoint(plan.run_dir)
@@ -196,7 +196,7 @@ def _identity_of(meta: dict) -> dict:
 
 def clear_run_dir(run_dir: Path) -> None:
     """--force: forget earlier checkpoints, final model and metrics of this run folder."""
-    from ..checkpoint import list_checkpoints
+    from lmforge.training.checkpoint import list_checkpoints
 
     for _, path in list_checkpoints(run_dir):
         shutil.rmtree(path)
@@ -211,7 +211,7 @@ def clear_run_dir(run_dir: Path) -> None:
 # ---------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> int:
-    from ..artifacts import is_up_to_date
+    from lmforge.artifacts import is_up_to_date
 
     plan = build_plan(args)
     if not args.force and not args.resume and is_up_to_date(plan.run_dir / "final", "pretrain", plan.identity, plan.inputs):
@@ -223,23 +223,23 @@ def main(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, plan: Plan) -> int:
     from accelerate.utils import set_seed
 
-    from ..data_loader import PackedBatches, Prefetcher, eval_batches
-    from ..decoder import build_decoder
-    from ..model import choose_attention, flops_per_token, quiet_transformers
-    from ..model_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
-    from ..training import CheckpointMeta, auto_split, make_accelerator, run_training
+    from lmforge.data.loader import PackedBatches, Prefetcher, eval_batches
+    from lmforge.model.decoder import build_decoder
+    from lmforge.model.architecture import choose_attention, flops_per_token, quiet_transformers
+    from lmforge.model.hf_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
+    from lmforge.training.loop import CheckpointMeta, auto_split, make_accelerator, run_training
 
     quiet_transformers()
     t = plan.cfg.training
     accelerator = make_accelerator(t)
-    from ..limits import check_pretrain_fits
+    from lmforge.training.limits import check_pretrain_fits
 
     check_pretrain_fits(plan.arch, plan.tokenizer.vocab_size, plan.identity["seq_length"], t.per_device_batch_size,
                         accelerator.device)  # absurd sizes stop here, before any allocation
     main_process = accelerator.is_main_process
     resume_from = choose_resume(args, plan)
     if main_process:
-        from ..artifacts import prepare_output_dir
+        from lmforge.artifacts import prepare_output_dir
 
         prepare_output_dir(plan.run_dir)
         if args.force and resume_from is None:
@@ -249,12 +249,12 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
 
     set_seed(t.seed)
     attn, why = choose_attention(accelerator.device.type, accelerator.mixed_precision)
-    # lmforge's training decoder: Llama weights, fused step (lmforge.decoder); final/ is a plain HF Llama.
+    # lmforge's training decoder: Llama weights, fused step (lmforge.model.decoder); final/ is a plain HF Llama.
     model = build_decoder(plan.arch, plan.tokenizer.vocab_size, seed=t.seed)
     model.set_attention(attn)
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     if getattr(args, "init_from", None):
-        from ..init_from import load_initial_weights
+        from lmforge.model.init_from import load_initial_weights
         load_initial_weights(model, args.init_from)
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
@@ -283,7 +283,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
             batches.close()
     if main_process:
         if result.final_dir:
-            from ..model_card import write_cards
+            from lmforge.model.card import write_cards
             write_cards(result.final_dir)  # README.md beside (not in) the manifest: eval updates it
         summarise(result, plan)
     return 0
@@ -314,8 +314,8 @@ def announce(plan: Plan, f: dict, attn: str, why: str, accelerator) -> None:
 
 
 def summarise(result, plan: Plan) -> None:
-    from ..log import peak_rss_mb
-    from ..training import _duration
+    from lmforge.log import peak_rss_mb
+    from lmforge.training.loop import _duration
 
     names = [p.name for p in result.checkpoints] + (["final"] if result.final_dir else [])
     title = "Training complete!" if result.final_dir else f"Training stopped at step {result.steps} as asked"

@@ -2,7 +2,7 @@
 
 Loads the base model (a Hugging Face model directory, e.g. checkpoints/pretrain/tiny/final),
 wraps it with PEFT LoRA adapters, and trains them with the loop shared with pretraining
-(`lmforge.training`: accumulation, mixed precision, periodic eval, checkpoints, exact
+(`lmforge.training.loop`: accumulation, mixed precision, periodic eval, checkpoints, exact
 resume). Each example comes from one of --data_dirs with probability --data_weights;
 the realised mix is logged. Loss is taken only on assistant tokens (the SFT mask).
 
@@ -15,7 +15,7 @@ in final/adapter/ (adapter_config.json with the base's absolute path, base_model
 with its path relative to the adapter, adapter_model.safetensors), the tokenizer files
 with the ChatML chat template, manifest.json (stage "sft"), and model cards
 (README.md in final/ and final/adapter/). --model_path may also be a plain Hugging Face
-Llama directory with its own tokenizer (lmforge.external).
+Llama directory with its own tokenizer (lmforge.model.external).
 
 Example:
   accelerate launch --mixed_precision bf16 scripts/70_train_sft.py \\
@@ -32,11 +32,11 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import check_tokenizer_lineage, is_up_to_date, load_manifest, read_json
-from ..config import load_config, parse_set_overrides, spec, to_dict
-from ..errors import ConfigError
-from ..log import get_logger, human_count
-from ..training import TrainingConfig, scaled_warmup  # light: the loop's heavy imports are inside functions
+from lmforge.artifacts import check_tokenizer_lineage, is_up_to_date, load_manifest, read_json
+from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.errors import ConfigError
+from lmforge.log import get_logger, human_count
+from lmforge.training.loop import TrainingConfig, scaled_warmup  # light: the loop's heavy imports are inside functions
 
 log = get_logger(__name__)
 STAGE = "sft"
@@ -96,13 +96,13 @@ class Plan:
     config_dict: dict
     inputs: dict[str, str] = field(default_factory=dict)
     tokenizer: object = None
-    external: dict | None = None  # lmforge.external record when the base model is not lmforge's
+    external: dict | None = None  # lmforge.model.external record when the base model is not lmforge's
 
 
 def resolve(args) -> Plan:
     """Validate config and flags, and check tokenizer lineage across all inputs."""
-    from ..external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
-    from ..sft_dataset import STAGE as DATA_STAGE, normalise_weights
+    from lmforge.model.external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
+    from lmforge.data.sft_dataset import STAGE as DATA_STAGE, normalise_weights
 
     overrides = parse_set_overrides(args.set)
     overrides.update(scaled_warmup(args.config, overrides))
@@ -155,7 +155,7 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ..model_io import load_causal_lm
+    from lmforge.model.loading import load_causal_lm
 
     base = load_causal_lm(model_path, torch.float32)  # no custom code, safetensors only
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
@@ -173,12 +173,12 @@ def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir
     """final/: merged weights at the top, the adapter in adapter/ (the loop adds the tokenizer).
 
     The adapter records its base by absolute path and relative to itself
-    (`lmforge.adapter`), so it loads from any working directory and after a move.
+    (`lmforge.model.adapter`), so it loads from any working directory and after a move.
     """
     import copy
 
-    from ..adapter import record_base
-    from ..model_files import set_chat_generation
+    from lmforge.model.adapter import record_base
+    from lmforge.model.hf_files import set_chat_generation
 
     out_dir = Path(out_dir)
     # The adapter lives in a subfolder: an adapter_config.json at the top makes
@@ -210,13 +210,13 @@ def train(args, plan: Plan) -> int:
 
     from accelerate.utils import set_seed
 
-    from ..artifacts import prepare_output_dir
-    from ..model import quiet_transformers
-    from ..model_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
-    from ..sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
-    from ..training import CheckpointMeta, make_accelerator, run_training
+    from lmforge.artifacts import prepare_output_dir
+    from lmforge.model.architecture import quiet_transformers
+    from lmforge.model.hf_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
+    from lmforge.data.sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
+    from lmforge.training.loop import CheckpointMeta, make_accelerator, run_training
     # Resume rules are pretraining's: same config continues by itself, --resume forces, --force restarts.
-    from .pretrain import choose_resume, clear_run_dir
+    from lmforge.stages.pretrain import choose_resume, clear_run_dir
 
     quiet_transformers()
     cfg, t = plan.cfg, plan.cfg.training
@@ -262,7 +262,7 @@ def train(args, plan: Plan) -> int:
                           resume_from=resume_from)
     if accelerator.is_main_process:
         if result.final_dir:
-            from ..model_card import write_cards
+            from lmforge.model.card import write_cards
             write_cards(result.final_dir)  # final/README.md and final/adapter/README.md
         print_summary(plan, result, batches, out)
     return 0
@@ -271,8 +271,8 @@ def train(args, plan: Plan) -> int:
 def check_token_ids(data_dirs, vocab_size: int) -> None:
     """Every token id of the SFT data (train and val) is inside the model's vocabulary
     (the maximum is computed once per file version and cached, like its sha256)."""
-    from ..packed import check_token_range
-    from ..sft_dataset import SFTSplit
+    from lmforge.data.packed import check_token_range
+    from lmforge.data.sft_dataset import SFTSplit
 
     for d in data_dirs:
         for split in ("train", "val"):
@@ -281,8 +281,8 @@ def check_token_ids(data_dirs, vocab_size: int) -> None:
 
 
 def check_memory(args, plan: Plan, device) -> None:
-    """Refuse a micro-batch that cannot fit (see lmforge.limits), from the base model's config."""
-    from ..limits import check_sft_fits
+    """Refuse a micro-batch that cannot fit (see lmforge.training.limits), from the base model's config."""
+    from lmforge.training.limits import check_sft_fits
 
     base = Path(args.model_path)
     seq = max(int(((m.get("config") or {}).get("processing") or {}).get("max_length") or 1024)

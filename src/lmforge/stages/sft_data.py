@@ -20,18 +20,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
-from ..chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
-from ..config import load_config, parse_set_overrides, spec, to_dict
-from ..decontam import DecontaminationParams, Tally, build_index, figures as decontam_figures, screen, summary_line
-from ..errors import DataError
-from ..indexed import all_or_nothing
-from ..log import get_logger, human_count, peak_rss_mb, progress
-from ..sft_dataset import STAGE, SPLITS, SplitWriter, split_files
-from ..sft_sources import SourceConfig, iter_conversations
-from ..sources import data_fingerprint, resolve_mirror
-from ..external import load_any_tokenizer
-from ..tokenizer import CONFIG_FILE
+from lmforge.artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
+from lmforge.data.chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
+from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.data.decontam import DecontaminationParams, Tally, build_index, figures as decontam_figures, screen, summary_line
+from lmforge.errors import DataError
+from lmforge.data.indexed import all_or_nothing
+from lmforge.log import get_logger, human_count, peak_rss_mb, progress
+from lmforge.data.sft_dataset import STAGE, SPLITS, SplitWriter, split_files
+from lmforge.data.sft_sources import SourceConfig, iter_conversations
+from lmforge.data.sources import data_fingerprint, resolve_mirror
+from lmforge.model.external import load_any_tokenizer
+from lmforge.tokenizer.spm import CONFIG_FILE
 
 log = get_logger(__name__)
 SAMPLES_FILE = "samples.jsonl"
@@ -89,7 +89,7 @@ def describe(args) -> dict[str, str]:
 
 def main(args) -> int:
     cfg = resolve_config(args)
-    tokenizer = load_any_tokenizer(args.tokenizer_dir)  # lmforge's, or an external model's own (lmforge.external)
+    tokenizer = load_any_tokenizer(args.tokenizer_dir)  # lmforge's, or an external model's own (lmforge.model.external)
     out = Path(args.output_dir)
     config_dict = {**to_dict(cfg), "_data": data_fingerprint(
         hub=(cfg.source.hub_id, cfg.source.hub_config, cfg.source.split) if cfg.source.hub_id else None,

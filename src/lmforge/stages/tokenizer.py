@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, describe_input,
+from lmforge.artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, describe_input,
                          is_up_to_date, load_manifest, prepare_output_dir, sha256_file, verify_file,
                          write_manifest)
-from ..corpus.shards import read_jsonl_gz
-from ..config import load_config, parse_set_overrides, spec, to_dict
-from ..errors import ArtifactError, DataError
-from ..log import get_logger, human_count, peak_rss_mb, progress
-from ..tokenizer import CONFIG_FILE, MODEL_FILE, SPECIAL_TOKENS, VOCAB_FILE, spm_special_token_args
+from lmforge.data.corpus.shards import read_jsonl_gz
+from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.errors import ArtifactError, DataError
+from lmforge.log import get_logger, human_count, peak_rss_mb, progress
+from lmforge.tokenizer.spm import CONFIG_FILE, MODEL_FILE, SPECIAL_TOKENS, VOCAB_FILE, spm_special_token_args
 
 log = get_logger(__name__)
 
@@ -323,7 +323,7 @@ def vocab_text(sp) -> str:
 # ---------------------------------------------------------------- outputs
 
 def lmforge_config_keys(sha256: str, cfg: TokenizerConfig, corpus_manifest_sha256: str) -> dict:
-    from .. import __version__
+    from lmforge import __version__
 
     return {
         "sha256_hash": sha256,
@@ -348,8 +348,8 @@ def train_tokenizer(cfg: TokenizerConfig, output_dir: str | Path, *, force: bool
     """The whole stage: verify, stream, train, measure, write. Returns the manifest."""
     import sentencepiece as spm
 
-    from ..tokenizer_hf import export_hf_files
-    from ..tokenizer_metrics import measure_by_source, render_card
+    from lmforge.tokenizer.hf_export import export_hf_files
+    from lmforge.tokenizer.metrics import measure_by_source, render_card
 
     corpus_dir, out = Path(cfg.corpus_dir), Path(output_dir)
     config_dict = to_dict(cfg)

@@ -1,0 +1,1 @@
+"""Data: sources and the mirror, text cleaning, the corpus machinery, token storage, samplers, SFT data."""

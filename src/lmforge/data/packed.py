@@ -1,0 +1,77 @@
+"""Opening a packed dataset (the output of `lmforge pack`) for training or inspection.
+
+A packed directory holds train.bin/.idx and val.bin/.idx (Megatron MMIDIDX) and a
+manifest.json of stage "pack". Every row holds exactly `seq_length` tokens; a model
+is fed input_ids = labels = row and shifts the labels itself.
+
+    from lmforge.data.packed import load_packed_manifest, open_packed
+    manifest = load_packed_manifest("data/processed/tiny_23M_1024",
+                                    tokenizer_sha256=tok.sha256, tokenizer_from="spm_32k/spm.model")
+    train = open_packed("data/processed/tiny_23M_1024", "train")
+    row = train[0]            # numpy array of seq_length token ids (memory-mapped)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmforge.artifacts import cached_file_fact, check_tokenizer_lineage, load_manifest
+from lmforge.errors import ArtifactError
+from lmforge.data.indexed import IndexedDataset
+
+SPLITS = ("train", "val")
+
+
+def load_packed_manifest(packed_dir: str | os.PathLike, *, tokenizer_sha256: str | None = None,
+                         tokenizer_from: str = "the tokenizer in use", verify: str = "cached") -> dict:
+    """The pack's manifest, refusing an incomplete pack or one whose files fail their
+    sha256 (hashed on first use, then cached by size/mtime/inode); with
+    `tokenizer_sha256`, also refusing a pack made with another tokenizer."""
+    manifest = load_manifest(packed_dir, "pack", verify=verify)
+    if tokenizer_sha256 is not None:
+        check_tokenizer_lineage(tokenizer_sha256, tokenizer_from, manifest.get("tokenizer_sha256"),
+                                str(Path(packed_dir) / "manifest.json"))
+    return manifest
+
+
+def open_packed(packed_dir: str | os.PathLike, split: str, *, manifest: dict | None = None,
+                tokenizer_sha256: str | None = None, tokenizer_from: str = "the tokenizer in use") -> IndexedDataset:
+    """The memory-mapped rows of one split ("train" or "val"), checked against the manifest."""
+    if split not in SPLITS:
+        raise ArtifactError(f"unknown split {split!r}: a pack has {', '.join(SPLITS)}")
+    if manifest is None:
+        manifest = load_packed_manifest(packed_dir, tokenizer_sha256=tokenizer_sha256, tokenizer_from=tokenizer_from)
+    elif tokenizer_sha256 is not None:
+        check_tokenizer_lineage(tokenizer_sha256, tokenizer_from, manifest.get("tokenizer_sha256"),
+                                str(Path(packed_dir) / "manifest.json"))
+    data = IndexedDataset(Path(packed_dir) / split)
+    figures = manifest.get("figures", {})
+    seq_length, expected_rows = figures.get("seq_length"), figures.get("sequences", {}).get(split)
+    if data.dtype.name != figures.get("dtype") or len(data) != expected_rows:
+        raise ArtifactError(f"{Path(packed_dir) / split}.idx does not match its manifest "
+                            f"({len(data)} rows of {data.dtype.name}, manifest says {expected_rows} of "
+                            f"{figures.get('dtype')})")
+    if len(data) and not (data.sizes == seq_length).all():
+        raise ArtifactError(f"{Path(packed_dir) / split}.idx has rows that are not {seq_length} tokens long")
+    check_token_range(data, figures.get("vocab_size"))
+    return data
+
+
+def check_token_range(data: IndexedDataset, vocab_size: int | None) -> None:
+    """Refuse token ids outside the vocabulary (they would crash the embedding lookup).
+
+    The maximum id is computed once per file version and cached like its sha256.
+    """
+    if not vocab_size or not data.total_tokens:
+        return
+    bin_path = data.prefix.with_suffix(".bin")
+    top = cached_file_fact(bin_path, "max_token_id", lambda _: int(data.max_token_id()))
+    if top >= int(vocab_size) or top < 0:
+        raise ArtifactError(f"{bin_path} holds token id {top}, outside the vocabulary of {vocab_size}: "
+                            "corrupted or packed with another tokenizer (rerun `lmforge pack`)")
+
+
+def packed_seq_length(packed_dir: str | os.PathLike) -> int:
+    """The row length of a pack (to check against a model's context length)."""
+    return int(load_packed_manifest(packed_dir)["figures"]["seq_length"])

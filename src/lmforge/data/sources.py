@@ -1,0 +1,263 @@
+"""Where records come from: the Hugging Face hub (streamed), a local mirror of it, or local files.
+
+All three go through `datasets` streaming. Hub datasets are redirected to a local
+mirror, without touching the user's config, when `LMFORGE_MIRROR` (or a `--mirror`
+flag) names a directory laid out as
+
+    DIR/org/name/[config/][split/]files      (.jsonl .json .jsonl.gz .json.gz .parquet .txt)
+
+JSON-lines files are streamed line by line and parsed here, so one malformed line or
+invalid UTF-8 costs that record only: it is skipped and counted by reason in the
+caller's `Counter`, never silently dropped and never fatal. A UTF-8 byte-order mark at
+the start of a file is dropped; CRLF line ends are whitespace to the JSON parser.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from lmforge.errors import DataError
+from lmforge.log import get_logger
+
+log = get_logger(__name__)
+
+MIRROR_ENV = "LMFORGE_MIRROR"
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+TEXT_SUFFIXES = (".txt", ".txt.gz")
+PARQUET_SUFFIXES = (".parquet",)
+DATA_SUFFIXES = JSON_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
+    """The mirror directory from the argument, else from $LMFORGE_MIRROR, else None."""
+    chosen = mirror if mirror else os.environ.get(MIRROR_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataError(f"mirror directory {path} does not exist (from {'--mirror' if mirror else MIRROR_ENV})")
+    return path
+
+
+def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> list[str]:
+    """Data files for `hub_id`/config/split in the mirror: first existing of C/S, C, S, root."""
+    if not _HUB_ID.match(hub_id) or ".." in hub_id:
+        raise DataError(f"invalid hub dataset id {hub_id!r}: expected 'org/name'")
+    for part, what in ((config, "config"), (split, "split")):
+        if part is not None and (not _NAME.match(part) or ".." in part):
+            raise DataError(f"invalid {what} name {part!r} for {hub_id}")
+    base = mirror / hub_id
+    candidates = [base / config / split, base / config] if config else []
+    candidates += [base / split, base]
+    root = mirror.resolve()
+    for directory in candidates:
+        if directory.is_dir() and root in directory.resolve().parents:
+            # Hidden files are never data (lmforge's own .lmforge-sha256.json cache lives beside data files).
+            files = sorted(str(p) for p in directory.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.name.endswith(DATA_SUFFIXES))
+            if not files:
+                raise DataError(f"mirror directory {directory} holds no data files ({', '.join(DATA_SUFFIXES)})")
+            return files
+    raise DataError(
+        f"{hub_id} (config {config}, split {split}) is not in the mirror {mirror}: "
+        f"looked for {', '.join(str(c) for c in candidates)}"
+    )
+
+
+def stream_hub(hub_id: str, config: str | None = None, split: str = "train", *,
+               mirror: str | os.PathLike | None = None, skips: Counter | None = None) -> Iterator[dict]:
+    """Records of a hub dataset, streamed; read from the mirror when one is configured."""
+    root = resolve_mirror(mirror)
+    if root is not None:
+        files = mirror_files(root, hub_id, config, split)
+        log.debug("%s: reading %d mirror file(s) under %s", hub_id, len(files), root)
+        yield from stream_files(files, skips=skips)
+        return
+    yield from _stream_from_hub(hub_id, config, split)
+
+
+def _stream_from_hub(hub_id: str, config: str | None, split: str) -> Iterator[dict]:
+    import datasets
+
+    where = f"hub dataset {hub_id} (config {config}, split {split})"
+    advice = (f"if this machine is offline, set {MIRROR_ENV} (or --mirror) to a local mirror "
+              "holding it, or point the source at local files")
+    try:
+        dataset = datasets.load_dataset(hub_id, config, split=split, streaming=True)
+        iterator = iter(dataset)
+    except Exception as exc:  # any failure to reach or open the dataset is a data-access error
+        raise DataError(f"cannot open {where}: {type(exc).__name__}: {exc}; {advice}") from None
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise DataError(f"reading {where} failed: {type(exc).__name__}: {exc}; {advice}") from None
+        yield record
+
+
+def expand_paths(paths: str | list[str], base_dir: str | os.PathLike | None = None) -> list[str]:
+    """Expand globs (relative to base_dir) into a sorted list of existing data files."""
+    patterns = [paths] if isinstance(paths, str) else list(paths)
+    found: list[str] = []
+    for pattern in patterns:
+        full = str(Path(base_dir) / pattern) if base_dir and not os.path.isabs(pattern) else pattern
+        matches = sorted(glob.glob(os.path.expanduser(full), recursive=True))
+        if not matches:
+            raise DataError(f"no file matches {pattern!r}" + (f" (relative to {base_dir})" if base_dir else ""))
+        found += [m for m in matches if os.path.isfile(m)]
+    unknown = [f for f in found if not f.endswith(DATA_SUFFIXES)]
+    if unknown:
+        raise DataError(f"unsupported file type: {unknown[0]} (supported: {', '.join(DATA_SUFFIXES)})")
+    return found
+
+
+def stream_files(paths: str | list[str], *, skips: Counter | None = None,
+                 base_dir: str | os.PathLike | None = None) -> Iterator[dict]:
+    """Records of local files through `datasets` streaming, one file after another.
+
+    JSON lines -> their objects; .txt -> {"text": paragraph} (blank-line separated);
+    parquet -> its rows.
+    """
+    skips = skips if skips is not None else Counter()
+    for path in expand_paths(paths, base_dir):
+        if path.endswith(JSON_SUFFIXES):
+            yield from _stream_json_lines(path, skips)
+        elif path.endswith(TEXT_SUFFIXES):
+            yield from _stream_text(path, skips)
+        else:
+            yield from _stream_parquet(path)
+
+
+def _load_streaming(builder: str, path: str, **kwargs):
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files={"train": [path]}, split="train", streaming=True, **kwargs)
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _raw_lines(path: str) -> Iterator[bytes]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        yield from handle
+
+
+def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
+    """Lines of a (gzipped) text file as an IterableDataset, decoded line by line.
+
+    datasets' own text builder decodes whole chunks (and ignores `encoding_errors`
+    for compressed files), so one bad byte would abort the file: here each line is
+    decoded alone and an invalid one is skipped and counted.
+    """
+    import datasets
+
+    def generate(path: str):
+        for number, raw in enumerate(_raw_lines(path)):
+            if number == 0 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # files saved by Windows tools: not part of the first record
+            try:
+                yield {"line": raw.decode("utf-8")}
+            except UnicodeDecodeError:
+                yield {"line": None}
+
+    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"path": path})
+    try:
+        for row in dataset:
+            if row["line"] is None:
+                skips["invalid_utf8"] += 1
+            else:
+                yield row["line"]
+    except (OSError, EOFError, zlib.error) as exc:  # truncated gzip, unreadable file
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+
+def parse_json_record(line: str, skips: Counter) -> dict | None:
+    """One JSON-lines record as a dict, or None for a blank line or a bad record
+    (counted in `skips` as malformed_json or not_an_object)."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, nesting 100k deep
+        skips["malformed_json"] += 1
+        return None
+    if not isinstance(record, dict):
+        skips["not_an_object"] += 1
+        return None
+    return record
+
+
+def _stream_json_lines(path: str, skips: Counter) -> Iterator[dict]:
+    for line in _decoded_lines(path, skips):
+        record = parse_json_record(line, skips)
+        if record is not None:
+            yield record
+
+
+def _stream_text(path: str, skips: Counter) -> Iterator[dict]:
+    """Plain text: documents are paragraphs separated by blank lines."""
+    paragraph: list[str] = []
+    for line in _decoded_lines(path, skips):
+        if line.strip():
+            paragraph.append(line.rstrip("\r\n"))
+        elif paragraph:
+            yield {"text": "\n".join(paragraph)}
+            paragraph = []
+    if paragraph:
+        yield {"text": "\n".join(paragraph)}
+
+
+def _stream_parquet(path: str) -> Iterator[dict]:
+    rows = iter(_load_streaming("parquet", path))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a corrupt or truncated parquet file fails while iterating, not on open
+            raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        yield row
+
+
+def stream_builtin(name: str) -> Iterator[dict]:
+    """Records {"id", "text"} of a built-in offline corpus (see lmforge.data.builtin_corpus)."""
+    from lmforge.data.builtin_corpus import stream_builtin as _stream_builtin
+
+    yield from _stream_builtin(name)
+
+
+def data_fingerprint(*, hub: tuple[str, str | None, str] | None = None, files: str | list[str] | None = None,
+                     mirror: str | os.PathLike | None = None) -> dict:
+    """What a stage's input data were, for its up-to-date check.
+
+    Local files are identified by sha256; a hub dataset read through a mirror by its
+    mirror files' paths, sizes and modification times (cheap, and any replacement of
+    the data changes it); a hub dataset read from the hub by its id only.
+    """
+    from lmforge.artifacts import sha256_file
+
+    if files:
+        patterns = [files] if isinstance(files, str) else list(files)
+        found = sorted({p for pattern in patterns for p in glob.glob(os.path.expanduser(pattern), recursive=True)})
+        return {"files": {path: sha256_file(path) for path in found if os.path.isfile(path)}}
+    if hub is None:
+        return {}
+    root = resolve_mirror(mirror)
+    if root is None:
+        return {"hub": list(hub)}
+    listed = mirror_files(root, *hub)
+    return {"hub": list(hub), "mirror_files": {p: [os.path.getsize(p), int(os.path.getmtime(p))] for p in listed}}

@@ -1,0 +1,1 @@
+"""Training: the one loop, its step, checkpoints with exact resume, progress and memory limits."""
