@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from lmforge.artifacts import write_manifest  # noqa: E402
 from lmforge.data.sources import stream_hub  # noqa: E402
-from lmforge.stages.pack import PackConfig  # noqa: E402
-from lmforge.tokenizer.spm import MODEL_FILE  # noqa: E402
+from lmforge.data.packing import PackConfig  # noqa: E402
+from lmforge.tokenizer.format import MODEL_FILE
 
 SOURCES = [  # (name, hub id, config, split)
     ("c4", "allenai/c4", "en", "train"),
@@ -75,7 +75,8 @@ def build_corpus(out: Path, mirror: str, chars_per_source: int, shard_docs: int)
 
 def build_tokenizer(out: Path, corpus: Path, vocab_size: int) -> Path:
     """An lmforge tokenizer (the real `lmforge tokenizer` stage, its default settings) trained on the corpus."""
-    from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
+    from lmforge.stages.tokenizer import train_tokenizer
+    from lmforge.tokenizer.training import TokenizerConfig
 
     if not (out / "manifest.json").is_file():
         cfg = TokenizerConfig(corpus_dir=str(corpus), vocab_size=vocab_size, max_sentences=300_000, num_threads=2,

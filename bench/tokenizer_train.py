@@ -126,7 +126,7 @@ def compare_model_types(corpus: Path, num_threads: int) -> dict:
     import sentencepiece as spm
 
     from lmforge.config import load_config
-    from lmforge.stages.tokenizer import CorpusStream, TokenizerConfig, train_spm, verify_corpus
+    from lmforge.tokenizer.training import CorpusStream, TokenizerConfig, train_spm, verify_corpus
     from lmforge.tokenizer.metrics import measure_by_source
 
     cfg = load_config(REPO / "config/pretrain/tokenizer/spm32k.json", TokenizerConfig,

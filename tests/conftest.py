@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.artifacts import atomic_write_json, sha256_file, write_manifest
-from lmforge.tokenizer.spm import CONFIG_FILE, MODEL_FILE, spm_special_token_args
+from lmforge.artifacts import write_manifest
 
 STDLIB_MODULES = ["json", "os", "re", "collections", "argparse", "pathlib", "typing", "logging",
                   "subprocess", "itertools", "functools", "dataclasses", "datetime", "decimal",
@@ -66,7 +65,8 @@ def make_tokenizer_dir(out: Path, texts: list[str], vocab_size: int = 400) -> Pa
     The texts first become a corpus artifact beside `out` (`<out>_corpus`), which the
     stage verifies and trains on, exactly as in the pipeline.
     """
-    from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
+    from lmforge.stages.tokenizer import train_tokenizer
+    from lmforge.tokenizer.training import TokenizerConfig
 
     corpus = make_corpus_dir(out.with_name(out.name + "_corpus"), texts)
     cfg = TokenizerConfig(corpus_dir=str(corpus), vocab_size=vocab_size, num_threads=1, held_out_fraction=0.05)

@@ -9,7 +9,6 @@ outcome must be a valid value or one LmforgeError (which the CLI prints as one
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import subprocess
@@ -28,12 +27,12 @@ SRC = Path(__import__("lmforge").__file__).resolve().parents[1]
 
 def _schemas() -> dict[str, object]:
     from lmforge.model.architecture import ArchitectureConfig
-    from lmforge.pipeline.run import Pipeline
-    from lmforge.stages.pack import PackConfig
+    from lmforge.pipeline.pipeline_file import Pipeline
+    from lmforge.data.packing import PackConfig
     from lmforge.stages.pretrain import PretrainConfig
     from lmforge.stages.sft import SFTConfig
     from lmforge.stages.sft_data import SFTDataConfig
-    from lmforge.stages.tokenizer import TokenizerConfig
+    from lmforge.tokenizer.training import TokenizerConfig
 
     return {"config/architectures/tiny.json": ArchitectureConfig, "config/architectures/quickstart.json": ArchitectureConfig,
             "config/quickstart/pretrain.json": PretrainConfig, "config/pretrain/training/chinchilla_tiny_500m.json": PretrainConfig,
@@ -89,7 +88,7 @@ def test_directory_as_config_and_set_on_a_non_object(tmp_path):
 
 
 def test_null_pipeline_stage_is_a_config_error(tmp_path):
-    from lmforge.pipeline.run import Pipeline
+    from lmforge.pipeline.pipeline_file import Pipeline
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"run_dir": "x", "stages": [None]}))
@@ -144,7 +143,7 @@ def test_pretrain_cli_refuses_a_billion_batch_fast(tmp_path, tiny_tokenizer, tin
                                   '{"text": "a", "n": ' + "7" * 5000 + "}"], ids=["deep", "5000_digits"])
 def test_absurd_json_records_are_skipped_and_counted(line):
     from lmforge.data.sources import parse_json_record
-    from lmforge.stages.pack import _parse
+    from lmforge.data.packing import _parse
 
     skips: Counter = Counter()
     assert parse_json_record(line, skips) is None and skips["malformed_json"] == 1
@@ -252,7 +251,7 @@ def test_seeded_fuzz_of_real_configs_gives_no_tracebacks(tmp_path):
 def test_seeded_fuzz_of_records_gives_no_tracebacks():
     from lmforge.data.sft_sources import alpaca_messages
     from lmforge.data.sources import parse_json_record
-    from lmforge.stages.pack import _parse
+    from lmforge.data.packing import _parse
 
     rng = random.Random(8)
     base = [json.dumps({"id": "d1", "source": "wiki", "text": "A short document."}),

@@ -223,7 +223,7 @@ def test_exact_token_counts_with_a_tokenizer(tmp_path, two_sources, tiny_tokeniz
     texts = [r["text"] for shard in read_shards(tmp_path / "out") for r in shard]
     assert sum(len(tok.encode(t)) for t in texts) == figures["tokens"]
     assert 8000 * 0.995 <= figures["tokens"] <= 8000
-    assert manifest["inputs"]["tokenizer"]["manifest_sha256"]
+    assert manifest["inputs"]["tokenizer"]["identity"]
 
 
 # ---------------------------------------------------------------- resume, idempotence

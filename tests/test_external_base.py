@@ -70,7 +70,7 @@ def test_sft_from_a_plain_hf_model_records_an_external_lineage(run):
     manifest = load_manifest(final, "sft")
     assert manifest["tokenizer_sha256"] == sha
     assert manifest["figures"]["external_tokenizer"]["path"] == str(run["model"].resolve())
-    assert manifest["inputs"]["base_model"]["manifest_sha256"] is None  # not an lmforge artifact
+    assert manifest["inputs"]["base_model"]["identity"] is None  # not an lmforge artifact
     hf = AutoTokenizer.from_pretrained(final)
     assert sha256_file(final / "tokenizer.json") == sha and not (final / "spm.model").exists()
     model = AutoModelForCausalLM.from_pretrained(final)

@@ -16,13 +16,14 @@ import pytest
 import sentencepiece as spm
 
 from conftest import make_corpus_dir, make_tokenizer_dir
-from lmforge.artifacts import sha256_file
+from lmforge.artifacts import load_manifest, sha256_file
 from lmforge.cli import main as cli_main
 from lmforge.config import config_from_dict
 from lmforge.errors import ArtifactError, ConfigError, DataError, LineageError
 from lmforge.data.indexed import IndexedDataset
 from lmforge.data.packed import load_packed_manifest, open_packed
-from lmforge.stages.pack import PackConfig, describe, run_pack, split_of
+from lmforge.data.packing import PackConfig, split_of
+from lmforge.stages.pack import describe, run_pack
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 64
@@ -149,7 +150,7 @@ def test_many_uneven_chunks_keep_corpus_order_with_two_workers(packed, tiny_corp
                                                                 monkeypatch):
     """Small chunks of uneven size exercise the largest-first scheduler and its re-ordering:
     the bytes must equal the one-chunk pack's."""
-    import lmforge.stages.pack as pack_module
+    import lmforge.data.packing as pack_module
 
     monkeypatch.setattr(pack_module, "CHUNK_BYTES", 3000)
     run_pack(tiny_corpus, tiny_tokenizer, tmp_path / "small_chunks", pack_config(workers=2))
@@ -192,7 +193,7 @@ def test_manifest_records_lineage_and_accounting(packed, tiny_corpus, tiny_token
     assert sum(figures["tokens_per_source"].values()) == figures["total_tokens"] + sum(dropped.values())
     assert sum(figures["documents"].values()) == len(corpus_records(tiny_corpus))
     assert figures["padding_tokens"] == 0 and figures["skipped_records"] == {}
-    assert manifest["inputs"]["corpus"]["manifest_sha256"] == sha256_file(tiny_corpus / "manifest.json")
+    assert manifest["inputs"]["corpus"]["identity"] == load_manifest(tiny_corpus, "corpus")["identity"]
 
 
 def test_rerun_is_skipped_unless_forced(packed, tiny_corpus, tiny_tokenizer):

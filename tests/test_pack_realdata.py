@@ -12,7 +12,8 @@ from conftest import make_corpus_dir, make_tokenizer_dir
 from lmforge.config import config_from_dict
 from lmforge.data.packed import load_packed_manifest, open_packed
 from lmforge.data.sources import stream_hub
-from lmforge.stages.pack import PackConfig, run_pack, split_of
+from lmforge.data.packing import PackConfig, split_of
+from lmforge.stages.pack import run_pack
 
 pytestmark = pytest.mark.realdata
 

@@ -3,11 +3,9 @@ and leftovers of killed writers cleaned up by the stage that owns them."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +63,7 @@ def test_manifests_cannot_point_outside_their_directory(tmp_path):
 
 
 def test_pipeline_stage_names_are_file_names(tmp_path):
-    from lmforge.pipeline.run import load_pipeline
+    from lmforge.pipeline.pipeline_file import load_pipeline
 
     path = tmp_path / "p.json"
     atomic_write_json(path, {"run_dir": str(tmp_path), "stages": [

@@ -10,15 +10,15 @@ import pytest
 
 from lmforge.cli import main as cli
 from lmforge.config import config_from_dict
-from lmforge.pipeline.run import (Pipeline, Stage, expand_env_value, launch_command, plan, select, stage_argv,
-                              stage_output)
+from lmforge.pipeline.pipeline_file import (expand_env_value, launch_command, Pipeline, PipelineStage, plan, select,
+                                            stage_argv, stage_output)
 from lmforge.errors import LmforgeError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _stage(**kw) -> Stage:
-    return config_from_dict({"name": "s", "verb": "pack", **kw}, Stage)
+def _stage(**kw) -> PipelineStage:
+    return config_from_dict({"name": "s", "verb": "pack", **kw}, PipelineStage)
 
 
 # ---------------------------------------------------------------- commands

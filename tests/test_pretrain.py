@@ -15,7 +15,7 @@ import pytest
 from conftest import make_packed_dir
 from lmforge.artifacts import atomic_write_json, sha256_file, write_manifest
 from lmforge.cli import main as cli_main
-from lmforge.tokenizer.spm import CONFIG_FILE, MODEL_FILE, spm_special_token_args
+from lmforge.tokenizer.format import CONFIG_FILE, MODEL_FILE, spm_special_token_args
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = {"name": "micro", "vocab_size": 400, "hidden_size": 64, "num_layers": 2, "num_heads": 2,

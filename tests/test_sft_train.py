@@ -59,7 +59,7 @@ def val_nll(model_dir, data_dirs):
     from transformers import AutoModelForCausalLM
 
     from lmforge.data.sft_dataset import SFTSplit, iter_eval_batches
-    from lmforge.stages.eval_sft import assistant_nll
+    from lmforge.evaluation.sft_suite import assistant_nll
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     nll = tokens = 0

@@ -87,7 +87,7 @@ def test_chat_template_renders_chatml_with_the_same_ids(pair):
 
 
 def test_export_refuses_settings_it_cannot_reproduce(tmp_path):
-    from lmforge.tokenizer.spm import spm_special_token_args
+    from lmforge.tokenizer.format import spm_special_token_args
 
     spm.SentencePieceTrainer.train(sentence_iterator=iter(stdlib_texts(80)), model_prefix=str(tmp_path / "m"),
                                    vocab_size=350, model_type="unigram", byte_fallback=True, minloglevel=2,

@@ -11,7 +11,8 @@ import sentencepiece as spm
 from conftest import make_corpus_dir
 from lmforge.artifacts import load_manifest, write_manifest
 from lmforge.data.sources import stream_hub
-from lmforge.stages.tokenizer import TokenizerConfig, train_tokenizer
+from lmforge.stages.tokenizer import train_tokenizer
+from lmforge.tokenizer.training import TokenizerConfig
 from lmforge.tokenizer.spm import hf_tokenizer
 
 pytestmark = pytest.mark.realdata

@@ -13,11 +13,11 @@ import sentencepiece as spm
 
 from conftest import make_corpus_dir, stdlib_texts
 from lmforge import cli
-from lmforge.artifacts import load_manifest, sha256_file, write_manifest
+from lmforge.artifacts import artifact_identity, load_manifest, sha256_file, write_manifest
 from lmforge.config import config_from_dict
 from lmforge.errors import ArtifactError, ConfigError, DataError
-from lmforge.stages.tokenizer import (CorpusStream, TokenizerConfig, is_held_out, passages, split_long_line,
-                                      train_tokenizer)
+from lmforge.stages.tokenizer import train_tokenizer
+from lmforge.tokenizer.training import CorpusStream, is_held_out, passages, split_long_line, TokenizerConfig
 from lmforge.tokenizer.spm import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_outputs_follow_the_artifact_contract(tiny_tokenizer):
     assert config["special_token_ids"] == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3,
                                            "<|im_start|>": 4, "<|im_end|>": 5}
     corpus_dir = Path(manifest["config"]["corpus_dir"])
-    assert config["corpus_manifest_sha256"] == sha256_file(corpus_dir / "manifest.json")
+    assert config["corpus_identity"] == artifact_identity(load_manifest(corpus_dir, "corpus"))
     assert "<|im_start|>" in config["chat_template"] and config["add_bos_token"] is False
     listed = {entry["path"] for entry in manifest["outputs"]}
     assert {"spm.model", "spm.vocab", "tokenizer_config.json", "TOKENIZER_CARD.md", "tokenizer.json"} <= listed

@@ -18,13 +18,18 @@ import argparse
 import os
 from pathlib import Path
 from typing import Sequence
+from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
+from lmforge.model.chat import generate_reply, load_chat_model, Sampling
+from lmforge.model.external import load_external_tokenizer
+from lmforge.pipeline.run import main
+from lmforge.tokenizer.format import MODEL_FILE
+from lmforge.tokenizer.spm import load_tokenizer
 
 
 def run_pipeline(pipeline: str | os.PathLike, *, run_dir: str | os.PathLike | None = None,
                  only: Sequence[str] = (), start: str | None = None, stop: str | None = None,
                  dry_run: bool = False, report: bool = True, overrides: Sequence[str] = ()) -> int:
     """`lmforge run PIPELINE`: every stage in order, skipping up-to-date ones. Returns the exit code."""
-    from lmforge.pipeline.run import main
 
     args = argparse.Namespace(pipeline=str(pipeline), run_dir=str(run_dir) if run_dir else None, start=start,
                               stop=stop, only=list(only), dry_run=dry_run, set=list(overrides),
@@ -39,9 +44,6 @@ def load_model(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None
     model's lineage). An adapter finds its base as `lmforge.model.adapter` describes; its
     tokenizer is the one beside it (the SFT final/) or its base's.
     """
-    from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
-    from lmforge.model.chat import load_chat_model
-    from lmforge.tokenizer.spm import MODEL_FILE, load_tokenizer
 
     path = Path(path)
     tokenizer_dir = Path(tokenizer_path or path)
@@ -58,8 +60,6 @@ def _load_external(model_dir: Path, tokenizer_dir: Path):
     """A model whose tokenizer is not lmforge's (lmforge.model.external): the tokenizer is read as is."""
     from transformers import AutoModelForCausalLM
 
-    from lmforge.model.external import load_external_tokenizer
-
     tokenizer = load_external_tokenizer(tokenizer_dir)
     return AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval(), tokenizer
 
@@ -67,7 +67,6 @@ def _load_external(model_dir: Path, tokenizer_dir: Path):
 def reply(model, tokenizer, message: str | Sequence[dict], *, max_new_tokens: int = 128,
          temperature: float = 0.0, system: str | None = None) -> str:
     """The model's reply to one message (or to a list of ChatML messages); greedy by default."""
-    from lmforge.model.chat import Sampling, generate_reply
 
     messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
     if system:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from lmforge import __version__
-from lmforge.errors import ArtifactError, LineageError
+from lmforge.errors import ArtifactError, ConfigError, LineageError
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
@@ -128,6 +128,15 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     Removing the old manifest first means a run killed half-way leaves a directory
     that reads as incomplete rather than one whose manifest describes other files.
     """
+    out = writable_dir(path)
+    lock_output_dir(out)  # one writer at a time: a second process stops here with a clear error
+    remove_stale_temps(out)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    return out
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove it writable, or stop with one clear error."""
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -136,9 +145,6 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as exc:
         raise ArtifactError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
-    lock_output_dir(out)  # one writer at a time: a second process stops here with a clear error
-    remove_stale_temps(out)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
     return out
 
 
@@ -189,15 +195,41 @@ def write_manifest(
     if tokenizer_sha256 is not None:
         manifest["tokenizer_sha256"] = tokenizer_sha256
     manifest.update(extra or {})
+    manifest["identity"] = artifact_identity(manifest)
     atomic_write_json(root / MANIFEST_NAME, manifest)
     return manifest
 
 
 def describe_input(path: str | os.PathLike) -> dict:
-    """An input artifact as recorded in a manifest: its path and its manifest's hash."""
+    """An input as recorded in a manifest: its path and its content identity. For an
+    artifact directory, `artifact_identity` of its manifest (None without one, e.g. an
+    external model); for a plain file, the sha256 of its bytes."""
     p = Path(path)
-    mf = p / MANIFEST_NAME if p.is_dir() else p
-    return {"path": str(p), "manifest_sha256": sha256_file(mf) if mf.is_file() else None}
+    identity = None
+    if p.is_dir() and (p / MANIFEST_NAME).is_file():
+        try:
+            identity = artifact_identity(read_json(p / MANIFEST_NAME, "manifest"))
+        except ArtifactError:
+            identity = None  # unreadable: never equal to a recorded identity, so the stage reruns
+    elif p.is_file():
+        identity = sha256_file(p)
+    return {"path": str(p), "identity": identity}
+
+
+# What an identity covers: the data a stage made. Markdown files (cards, reports) are
+# documentation that later stages rewrite (eval adds its scores to a model's card), so
+# they never change what an artifact *is*.
+_DOC_SUFFIXES = (".md",)
+
+
+def artifact_identity(manifest: dict) -> str:
+    """An artifact's content identity: its stage, config hash and the sha256 of every data
+    output, never the manifest's own bytes (which hold a timestamp and the host name). An
+    identical rebuild therefore has the same identity and invalidates nothing downstream."""
+    outputs = sorted([e.get("path"), e.get("sha256")] for e in manifest.get("outputs", [])
+                     if isinstance(e, dict) and not str(e.get("path", "")).endswith(_DOC_SUFFIXES))
+    return sha256_json({"stage": manifest.get("stage"), "config_sha256": manifest.get("config_sha256"),
+                        "outputs": outputs})
 
 
 def load_manifest(
@@ -268,7 +300,8 @@ def verify_file(root: Path, manifest: dict, relpath: str) -> None:
 
 
 def is_up_to_date(out_dir: str | os.PathLike, stage: str, config: Any, inputs: dict | None = None) -> bool:
-    """True when `out_dir` holds a complete artifact made from this config and inputs."""
+    """True when `out_dir` holds a complete artifact made from this config and from inputs
+    with these content identities (see `artifact_identity`)."""
     try:
         manifest = load_manifest(out_dir, stage)
     except ArtifactError:
@@ -277,7 +310,7 @@ def is_up_to_date(out_dir: str | os.PathLike, stage: str, config: Any, inputs: d
         return False
     recorded = manifest.get("inputs", {})
     for role, path in (inputs or {}).items():
-        if recorded.get(role, {}).get("manifest_sha256") != describe_input(path)["manifest_sha256"]:
+        if recorded.get(role, {}).get("identity") != describe_input(path)["identity"]:
             return False
     return True
 
@@ -309,7 +342,6 @@ def safe_name(value: str, what: str) -> str:
     name like "../../victim" must never point a stage's writes (or --force deletes)
     outside its output directory.
     """
-    from lmforge.errors import ConfigError
 
     if not isinstance(value, str) or not value.strip() or value in (".", "..") or _BAD_NAME.search(value) \
             or os.path.isabs(value) or value != value.strip():
@@ -389,19 +421,18 @@ LOCK_NAME = ".lmforge.lock"
 _HELD_LOCKS: dict[Path, int] = {}
 
 
-def lock_output_dir(path: str | os.PathLike) -> None:
+def lock_output_dir(path: str | os.PathLike, lock_name: str = LOCK_NAME) -> None:
     """Take the advisory write lock of an artifact directory for the rest of this process.
 
     A second process asking for the same directory gets ArtifactError("X is being
-    written by pid N"). The lock is an fcntl lock on `.lmforge.lock`, so the kernel
-    drops it when the holder exits, even on kill -9: a lock is never stale.
+    written by pid N"). The lock is an fcntl lock on `lock_name` (default `.lmforge.lock`;
+    `lmforge run` uses its own name for its run directory, whose sub-folders are stages'
+    outputs), so the kernel drops it when the holder exits, even on kill -9: never stale.
     """
-    import fcntl
-
-    root = Path(path).resolve()
-    if root in _HELD_LOCKS:
+    lock_path = Path(path).resolve() / lock_name
+    if lock_path in _HELD_LOCKS:
         return
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -414,12 +445,12 @@ def lock_output_dir(path: str | os.PathLike) -> None:
                             "(or stop it) before writing there") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD_LOCKS[root] = fd
+    _HELD_LOCKS[lock_path] = fd
 
 
-def unlock_output_dir(path: str | os.PathLike) -> None:
+def unlock_output_dir(path: str | os.PathLike, lock_name: str = LOCK_NAME) -> None:
     """Release a lock taken by `lock_output_dir` in this process (tests, long-lived callers)."""
-    fd = _HELD_LOCKS.pop(Path(path).resolve(), None)
+    fd = _HELD_LOCKS.pop(Path(path).resolve() / lock_name, None)
     if fd is not None:
         os.close(fd)
 
@@ -461,5 +492,5 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 def release_all_locks() -> None:
     """Release every directory lock this process holds (end of a verb run in-process)."""
-    for root in list(_HELD_LOCKS):
-        unlock_output_dir(root)
+    for lock_path in list(_HELD_LOCKS):
+        os.close(_HELD_LOCKS.pop(lock_path))

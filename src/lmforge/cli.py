@@ -12,10 +12,16 @@ import difflib
 import importlib
 import os
 import sys
+import traceback
 
 from lmforge import __version__
+from lmforge.artifacts import release_all_locks
 from lmforge.errors import LmforgeError
 from lmforge.log import LOG_LEVELS, get_logger, setup_logging
+from lmforge.pipeline.processes import DIE_WITH_PARENT, set_parent_death_signal
+
+BUG_POINTER = ("\nThis is a bug in lmforge {version} (`lmforge {verb}`), not a problem with your data or "
+               "config. Please report it with the traceback above and the command you ran.")
 
 # verb -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -125,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"lmforge: unknown verb '{verb}'{hint}\n\n{_overview()}", file=sys.stderr)
         return 2
-    if os.environ.get("LMFORGE_DIE_WITH_PARENT") == "1":  # started by `lmforge run`, maybe via a launcher
-        from lmforge.pipeline.run import set_parent_death_signal
-
+    if os.environ.get(DIE_WITH_PARENT) == "1":  # started by `lmforge run`, maybe via a launcher
         set_parent_death_signal()
     module, parser = build_parser(verb)
     args = parser.parse_args(rest)
@@ -143,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # not a user mistake (those are LmforgeError): a bug, shown in full
+        traceback.print_exc()
+        print(BUG_POINTER.format(version=__version__, verb=verb), file=sys.stderr)
+        return 70  # EX_SOFTWARE
     finally:
-        from lmforge.artifacts import release_all_locks
-
         release_all_locks()  # a verb called in-process (tests, the Python API) leaves no lock behind
 
 

@@ -76,13 +76,6 @@ def peak_rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / (1024 * 1024)
 
 
-def current_rss_mb() -> float:
-    """Current resident memory, in MiB."""
-    import psutil
-
-    return psutil.Process().memory_info().rss / (1024 * 1024)
-
-
 def human_count(n: float) -> str:
     """1234567 -> '1.23M'."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):

@@ -37,8 +37,12 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from lmforge.artifacts import read_json
 from lmforge.config import spec
+from lmforge.data.sources import mirror_files, stream_files
 from lmforge.errors import ConfigError, DataError
+from lmforge.evaluation.datasets import load_boolq, load_wikitext
+from lmforge.evaluation.zeroshot_tasks import record_text, TASKS
 from lmforge.log import get_logger
 
 log = get_logger(__name__)
@@ -67,7 +71,6 @@ class DecontaminationParams:
                                           "machine then waits ~25 s per set before listing it missing)")
 
     def check(self) -> list[str]:
-        from lmforge.evaluation.zeroshot_tasks import TASKS
 
         if not isinstance(self.eval_sets, list):
             return []
@@ -180,21 +183,18 @@ def _project_path(path: str) -> Path:
 
 
 def _wikitext_items(mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
-    from lmforge.evaluation.datasets import load_wikitext
 
     data = load_wikitext(mirror=mirror)
     return data.source, ((page.strip().splitlines()[0].strip(" ="), page) for page in data.records)
 
 
 def _boolq_items(mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
-    from lmforge.evaluation.datasets import load_boolq
 
     data = load_boolq(mirror=mirror)
     return data.source, ((f"idx {ex.idx}", f"{ex.passage}\n{ex.question}") for ex in data.records)
 
 
 def _sft_prompt_items(config_path: str) -> tuple[str, Iterator[tuple[str, str]]]:
-    from lmforge.artifacts import read_json
 
     path = _project_path(config_path)
     if not path.is_file():
@@ -207,8 +207,6 @@ def _sft_prompt_items(config_path: str) -> tuple[str, Iterator[tuple[str, str]]]
 
 
 def _task_items(task_name: str, mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
-    from lmforge.data.sources import mirror_files, stream_files
-    from lmforge.evaluation.zeroshot_tasks import TASKS, record_text
 
     task = TASKS[task_name]
     files = mirror_files(mirror, task.hub_id, task.config, task.split)
@@ -219,7 +217,6 @@ def _task_items(task_name: str, mirror: Path | None) -> tuple[str, Iterator[tupl
 
 def expand_sets(names: Iterable[str]) -> list[str]:
     """Configured set names with `zero_shot` expanded into its task names (order kept, no repeats)."""
-    from lmforge.evaluation.zeroshot_tasks import TASKS
 
     out: list[str] = []
     for name in names:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.errors import ArtifactError, ConfigError
 from lmforge.data.indexed import IndexedDataset
+from lmforge.data.packed import load_packed_manifest, open_packed
+from lmforge.errors import ArtifactError, ConfigError
 
 
 @dataclass
@@ -45,7 +46,6 @@ class PackedDir:
 
 def open_packed_dir(path: str | Path) -> PackedDir:
     """Open a packed artifact (lmforge.data.packed does the manifest and row-length checks)."""
-    from lmforge.data.packed import load_packed_manifest, open_packed
 
     root = Path(path)
     if not root.exists():

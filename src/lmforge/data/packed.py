@@ -72,6 +72,3 @@ def check_token_range(data: IndexedDataset, vocab_size: int | None) -> None:
                             "corrupted or packed with another tokenizer (rerun `lmforge pack`)")
 
 
-def packed_seq_length(packed_dir: str | os.PathLike) -> int:
-    """The row length of a pack (to check against a model's context length)."""
-    return int(load_packed_manifest(packed_dir)["figures"]["seq_length"])

@@ -34,11 +34,19 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import time
 import re
 import sys
 from pathlib import Path
 
-from lmforge.config import load_config, config_from_dict, parse_set_overrides, spec, to_dict
+from lmforge.artifacts import (atomic_path, atomic_write_json, atomic_write_text, load_manifest, prepare_output_dir,
+                               verify_file, write_manifest)
+from lmforge.cli import add_flag_aliases, Parser
+from lmforge.config import config_from_dict, load_config, parse_set_overrides, spec, to_dict
+from lmforge.data.corpus.shards import read_jsonl_gz
+from lmforge.errors import LmforgeError
+from lmforge.pipeline.stage import run_stage, StagePlan
+from lmforge.log import setup_logging
 
 STAGE = "quickstart-data"
 MIRROR_FILES = {
@@ -120,8 +128,6 @@ def content_words(text: str) -> list[str]:
 
 def read_corpus(corpus_dir: Path) -> tuple[dict, list[dict]]:
     """The corpus manifest and its records, shards verified against it."""
-    from lmforge.artifacts import load_manifest, verify_file
-    from lmforge.data.corpus.shards import read_jsonl_gz
 
     manifest = load_manifest(corpus_dir, "corpus")
     records = []
@@ -232,14 +238,12 @@ def oasst_messages(train: list[dict], cfg: QuickstartDataConfig) -> list[dict]:
 # ---------------------------------------------------------------- writing
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from lmforge.artifacts import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_corpus(out: Path, records: list[dict], source_manifest: dict, shard_size: int = 2000) -> list[str]:
     """The training documents as a corpus artifact (same shard format as `lmforge corpus`)."""
-    from lmforge.artifacts import atomic_path, write_manifest
 
     outputs = []
     for n, start in enumerate(range(0, len(records), shard_size)):
@@ -257,7 +261,6 @@ def write_corpus(out: Path, records: list[dict], source_manifest: dict, shard_si
 
 def build(corpus_dir: Path, out: Path, cfg: QuickstartDataConfig) -> dict:
     """Write every data set and the manifest (last); return the figures."""
-    from lmforge.artifacts import atomic_write_json, atomic_write_text, prepare_output_dir, write_manifest
 
     manifest, records = read_corpus(corpus_dir)
     train, heldout = split_heldout(records, cfg)
@@ -307,17 +310,14 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import time
-
-    from lmforge.artifacts import is_up_to_date
-    from lmforge.log import get_logger
-
-    log = get_logger(__name__)
     cfg = _config(args)
     out, corpus_dir = Path(args.output_dir), Path(args.corpus_dir)
-    if not args.force and is_up_to_date(out, STAGE, to_dict(cfg), {"corpus": corpus_dir}):
-        log.info("%s: up to date, skipping (use --force to redo)", out)
-        return 0
+    plan = StagePlan(STAGE, out, to_dict(cfg), {"corpus": corpus_dir}, force=args.force)
+    run_stage(plan, lambda p: build_and_report(corpus_dir, out, cfg))
+    return 0
+
+
+def build_and_report(corpus_dir: Path, out: Path, cfg: QuickstartDataConfig) -> dict:
     start = time.perf_counter()
     figures = build(corpus_dir, out, cfg)
     print(f"✅ Quickstart data ready in {time.perf_counter() - start:.1f}s: {out}")
@@ -327,14 +327,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"   ❓ BoolQ-style items: {figures['boolq_items']} (yes rate {figures['boolq_yes_rate']:.0%})")
     print(f"   💬 Alpaca pairs: {figures['alpaca_pairs']}, OASST1 trees: {figures['oasst_trees']}")
     print(f"   🪞 Mirror: LMFORGE_MIRROR={out / 'mirror'}")
-    return 0
+    return load_manifest(out, STAGE)
 
 
 def cli(argv: list[str] | None = None) -> int:
     """`python -m lmforge.data.quickstart_data`: same error handling as the lmforge verbs."""
-    from lmforge.cli import Parser, add_flag_aliases
-    from lmforge.errors import LmforgeError
-    from lmforge.log import setup_logging
 
     parser = Parser(prog="python -m lmforge.data.quickstart_data", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-from lmforge.artifacts import load_manifest
 from lmforge.data.loader import normalise_weights  # noqa: F401  (re-exported for SFT callers)
 from lmforge.data.indexed import IndexedDataset, IndexedWriter, smallest_token_dtype
 from lmforge.errors import ArtifactError, ConfigError
@@ -81,12 +80,6 @@ class SFTSplit:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.tokens[i], dtype=np.int64), np.asarray(self.mask[i], dtype=np.int64)
-
-
-def load_sft_data(data_dir: str | os.PathLike) -> tuple[dict, dict[str, SFTSplit]]:
-    """The manifest and the splits of an SFT data directory (checked complete)."""
-    manifest = load_manifest(data_dir, STAGE)
-    return manifest, {split: SFTSplit(data_dir, split) for split in SPLITS}
 
 
 def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict:

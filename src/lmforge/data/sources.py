@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from lmforge.artifacts import sha256_file
+from lmforge.data.builtin_corpus import stream_builtin as _stream_builtin
 from lmforge.errors import DataError
 from lmforge.log import get_logger
 
@@ -87,23 +89,35 @@ def stream_hub(hub_id: str, config: str | None = None, split: str = "train", *,
     yield from _stream_from_hub(hub_id, config, split)
 
 
+def data_access_errors() -> tuple[type[BaseException], ...]:
+    """What `datasets` raises for data that cannot be reached or read: network and file errors
+    (OSError, the hub's HTTP errors included), unknown configs and malformed files (ValueError,
+    Arrow errors), and the library's own DatasetsError family. Anything else raised while
+    streaming is a bug, in lmforge or below it, and keeps its traceback."""
+    import datasets.exceptions
+    import pyarrow
+
+    return OSError, ValueError, pyarrow.ArrowException, datasets.exceptions.DatasetsError
+
+
 def _stream_from_hub(hub_id: str, config: str | None, split: str) -> Iterator[dict]:
     import datasets
 
+    errors = data_access_errors()
     where = f"hub dataset {hub_id} (config {config}, split {split})"
     advice = (f"if this machine is offline, set {MIRROR_ENV} (or --mirror) to a local mirror "
               "holding it, or point the source at local files")
     try:
         dataset = datasets.load_dataset(hub_id, config, split=split, streaming=True)
         iterator = iter(dataset)
-    except Exception as exc:  # any failure to reach or open the dataset is a data-access error
+    except errors as exc:
         raise DataError(f"cannot open {where}: {type(exc).__name__}: {exc}; {advice}") from None
     while True:
         try:
             record = next(iterator)
         except StopIteration:
             return
-        except Exception as exc:
+        except errors as exc:
             raise DataError(f"reading {where} failed: {type(exc).__name__}: {exc}; {advice}") from None
         yield record
 
@@ -146,7 +160,7 @@ def _load_streaming(builder: str, path: str, **kwargs):
 
     try:
         return datasets.load_dataset(builder, data_files={"train": [path]}, split="train", streaming=True, **kwargs)
-    except Exception as exc:
+    except data_access_errors() as exc:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
 
@@ -223,19 +237,19 @@ def _stream_text(path: str, skips: Counter) -> Iterator[dict]:
 
 def _stream_parquet(path: str) -> Iterator[dict]:
     rows = iter(_load_streaming("parquet", path))
+    errors = data_access_errors()
     while True:
         try:
             row = next(rows)
         except StopIteration:
             return
-        except Exception as exc:  # a corrupt or truncated parquet file fails while iterating, not on open
+        except errors as exc:  # a corrupt or truncated parquet file fails while iterating, not on open
             raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
         yield row
 
 
 def stream_builtin(name: str) -> Iterator[dict]:
     """Records {"id", "text"} of a built-in offline corpus (see lmforge.data.builtin_corpus)."""
-    from lmforge.data.builtin_corpus import stream_builtin as _stream_builtin
 
     yield from _stream_builtin(name)
 
@@ -248,7 +262,6 @@ def data_fingerprint(*, hub: tuple[str, str | None, str] | None = None, files: s
     mirror files' paths, sizes and modification times (cheap, and any replacement of
     the data changes it); a hub dataset read from the hub by its id only.
     """
-    from lmforge.artifacts import sha256_file
 
     if files:
         patterns = [files] if isinstance(files, str) else list(files)

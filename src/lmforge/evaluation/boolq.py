@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from lmforge.evaluation.loglikelihood import Request, encode_pair, score_requests
+from lmforge.data.chatml import encode_prompt
+from lmforge.evaluation.loglikelihood import encode_pair, Request, score_requests
 
 CHOICES = ("no", "yes")  # index = label: 0 = no, 1 = yes
 
@@ -64,7 +65,6 @@ def chatml_format(example: BoolQExample, encoder: Encoder) -> list[Request]:
     For instruction-tuned models (step 9). Built with lmforge.data.chatml so the ids match
     the SFT training format exactly.
     """
-    from lmforge.data.chatml import encode_prompt
 
     content = f"{example.passage}\nQuestion: {example.question}?\nAnswer yes or no."
     context = encode_prompt(encoder, [{"role": "user", "content": content}])

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from lmforge.data.sources import JSON_SUFFIXES, resolve_mirror, stream_files, stream_hub
 from lmforge.errors import DataError
 from lmforge.evaluation.boolq import BoolQExample
-from lmforge.data.sources import JSON_SUFFIXES, stream_files, stream_hub
 
 WIKITEXT_HUB = ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test")
 BOOLQ_HUB = ("aps/super_glue", "boolq", "validation")
@@ -152,8 +152,6 @@ def hub_source(hub: tuple[str, str | None, str], mirror: str | os.PathLike | Non
     each of its "hub" sets really is; results must not claim the real dataset for it.
     """
     import json
-
-    from lmforge.data.sources import resolve_mirror
 
     name = f"{hub[0]} ({hub[1]}, {hub[2]})"
     root = resolve_mirror(mirror)

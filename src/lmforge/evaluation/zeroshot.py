@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import spec
+from lmforge.data.sources import data_fingerprint, mirror_files
 from lmforge.errors import ConfigError, DataError
+from lmforge.evaluation.zeroshot_tasks import parse_task_list, TASKS, ZeroShotTask
 from lmforge.log import get_logger
-from lmforge.evaluation.zeroshot_tasks import TASKS, ZeroShotTask, parse_task_list
 
 log = get_logger(__name__)
 GROUP = "lmforge_zero_shot"
@@ -70,7 +71,6 @@ def import_harness():
 
 def task_data(task: ZeroShotTask, mirror: Path | None) -> dict:
     """The group entry for one task: its name plus, with a mirror, the overrides that point it at the files."""
-    from lmforge.data.sources import mirror_files
 
     if mirror is None:
         return {"task": task.name}
@@ -94,7 +94,6 @@ def task_data(task: ZeroShotTask, mirror: Path | None) -> dict:
 
 def data_identity(tasks: list[str], mirror: Path | None) -> dict:
     """What the tasks' data were (mirror files' sizes and times), for the up-to-date check."""
-    from lmforge.data.sources import data_fingerprint
 
     return {name: data_fingerprint(hub=(TASKS[name].hub_id, TASKS[name].config, TASKS[name].split), mirror=mirror)
             for name in tasks}

@@ -15,6 +15,7 @@ chance accuracy is 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from lmforge.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,9 @@ TASKS: dict[str, ZeroShotTask] = {t.name: t for t in (
                  ("context", "question", "answerA", "answerB", "answerC")),
 )}
 
-DEFAULT_SUITE = tuple(TASKS)
-
 
 def parse_task_list(value: str | list[str] | None) -> list[str]:
     """'a,b' or ['a', 'b'] -> ['a', 'b'], each checked against TASKS (a ConfigError names the unknown ones)."""
-    from lmforge.errors import ConfigError
 
     if not value:
         return []

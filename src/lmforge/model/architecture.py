@@ -20,7 +20,7 @@ from typing import Any
 
 from lmforge.config import load_config, spec
 from lmforge.log import get_logger
-from lmforge.tokenizer.spm import SPECIAL_TOKENS
+from lmforge.tokenizer.format import SPECIAL_TOKENS
 
 log = get_logger(__name__)
 

@@ -19,8 +19,11 @@ import json
 import os
 from pathlib import Path
 
-from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, atomic_write_text, read_json
+from lmforge.artifacts import atomic_write_json, atomic_write_text, MANIFEST_NAME, read_json
+from lmforge.config import to_dict
 from lmforge.log import get_logger
+from lmforge.model.adapter import ADAPTER_CONFIG, BASE_FILE, is_adapter_dir
+from lmforge.evaluation.config import ExpectedRanges, SFTExpected
 
 log = get_logger(__name__)
 
@@ -164,12 +167,9 @@ def _training_section(stage: str, manifest: dict) -> list[str]:
 
 def _expected(stage_key: str) -> dict:
     """The plan's reference ranges, as the evaluation stages define them."""
-    from lmforge.config import to_dict
 
     if stage_key == "eval-sft":
-        from lmforge.stages.eval_sft import SFTExpected
         return to_dict(SFTExpected())
-    from lmforge.stages.evaluate import ExpectedRanges
     return to_dict(ExpectedRanges())
 
 
@@ -271,7 +271,6 @@ def render_card(model_dir: str | os.PathLike) -> str:
 
 def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
     """README.md of a LoRA adapter directory (SFT final/adapter/)."""
-    from lmforge.model.adapter import ADAPTER_CONFIG, BASE_FILE
 
     adapter_dir = Path(adapter_dir)
     config = _read(adapter_dir / ADAPTER_CONFIG)
@@ -312,7 +311,6 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
 
 def write_cards(model_dir: str | os.PathLike) -> list[Path]:
     """(Re)write README.md in a model directory and in its adapter/ when there is one."""
-    from lmforge.model.adapter import is_adapter_dir
 
     model_dir = Path(model_dir)
     written = [model_dir / CARD_FILE]

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from lmforge.artifacts import MANIFEST_NAME, check_tokenizer_lineage, read_json
+from lmforge.artifacts import atomic_write_json, check_tokenizer_lineage, MANIFEST_NAME, read_json
 from lmforge.data.chatml import encode_prompt
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
+from lmforge.model.loading import check_model_dir, load_causal_lm
+from lmforge.tokenizer.spm import load_tokenizer
 
 log = get_logger(__name__)
 USER_PROMPT, ASSISTANT_PROMPT = "user> ", "assistant> "
@@ -117,9 +119,6 @@ class _TextStreamer:
 def load_chat_model(model_path: str | Path, tokenizer_path: str | Path | None = None):
     """(model, tokenizer) from a Hugging Face model dir holding lmforge tokenizer files."""
     import torch
-
-    from lmforge.model.loading import check_model_dir, load_causal_lm
-    from lmforge.tokenizer.spm import load_tokenizer
 
     model_dir = Path(model_path)
     check_model_dir(model_dir)  # before anything else: never a prompt to run a folder's code
@@ -217,8 +216,6 @@ def enable_line_editing() -> Callable[[], None]:
 def save_conversation(path: str, history: list[dict], args, sampling: Sampling) -> str:
     """Write the conversation as JSON; return the line to show."""
     from dataclasses import asdict
-
-    from lmforge.artifacts import atomic_write_json
 
     target = Path(path).expanduser()
     if target.is_dir():

@@ -23,7 +23,6 @@ directory back (a pretraining final/, a step_N/, or any plain HF Llama directory
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import ArtifactError
+from lmforge.model.architecture import llama_config
+from lmforge.training.checkpoint import load_model_weights
 
 IGNORE_INDEX = -100
 # Logit elements formed at once by the chunked loss: on CUDA 2^27 (4,096 rows at V = 32,768,
@@ -307,8 +308,6 @@ class LmforgeDecoder(nn.Module):
         """Load a Hugging Face Llama directory (config.json + model*.safetensors)."""
         from transformers import LlamaConfig
 
-        from lmforge.training.checkpoint import load_model_weights
-
         root = Path(model_dir)
         try:
             kind = json.loads((root / "config.json").read_text(encoding="utf-8")).get("model_type")
@@ -325,9 +324,6 @@ class LmforgeDecoder(nn.Module):
         load_model_weights(model, root)
         return model
 
-    def tie_weights(self) -> None:  # tied by construction: the output projection *is* the embedding
-        pass
-
 
 def _low_precision(x: torch.Tensor) -> bool:
     if x.dtype in (torch.bfloat16, torch.float16):
@@ -342,13 +338,8 @@ def _rope_theta(config) -> float:
     return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
-def flash_attention_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
 def build_decoder(arch, vocab_size: int | None = None, *, seed: int = 0) -> LmforgeDecoder:
     """A freshly initialised training decoder for an ArchitectureConfig (fp32 master weights)."""
-    from lmforge.model.architecture import llama_config
 
     torch.manual_seed(seed)
     return LmforgeDecoder(llama_config(arch, vocab_size))

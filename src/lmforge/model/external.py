@@ -25,7 +25,8 @@ from pathlib import Path
 
 from lmforge.artifacts import MANIFEST_NAME, read_json, sha256_file
 from lmforge.errors import ArtifactError, ConfigError
-from lmforge.tokenizer.spm import MODEL_FILE, SPECIAL_TOKENS
+from lmforge.tokenizer.format import MODEL_FILE, SPECIAL_TOKENS
+from lmforge.tokenizer.spm import load_tokenizer_artifact
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                       "added_tokens.json")
@@ -136,7 +137,6 @@ def load_external_tokenizer(tokenizer_dir: str | os.PathLike) -> ExternalTokeniz
 
 def load_any_tokenizer(tokenizer_dir: str | os.PathLike):
     """lmforge's tokenizer (spm.model, sha256 checked) or an external Hugging Face one."""
-    from lmforge.tokenizer.spm import load_tokenizer_artifact
 
     if is_lmforge_tokenizer(tokenizer_dir):
         return load_tokenizer_artifact(tokenizer_dir)  # manifest required, files sha256-checked

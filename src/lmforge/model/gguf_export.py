@@ -27,10 +27,12 @@ import argparse
 import os
 from pathlib import Path
 
-from lmforge.artifacts import read_json, sha256_file
+from lmforge.artifacts import atomic_path, read_json, sha256_file
+from lmforge.data.chatml import CHAT_TEMPLATE
 from lmforge.errors import ArtifactError, ConfigError
 from lmforge.log import get_logger
-from lmforge.tokenizer.spm import MODEL_FILE, SPECIAL_TOKENS
+from lmforge.tokenizer.hf_export import bpe_merges, load_proto
+from lmforge.tokenizer.format import MODEL_FILE, SPECIAL_TOKENS
 
 log = get_logger(__name__)
 QUANTS = ("f16", "q8_0")
@@ -115,8 +117,6 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
     (llama.cpp stops on either); readers that take EOS alone, like transformers, stop
     where the model's own generation_config.json first says.
     """
-    from lmforge.data.chatml import CHAT_TEMPLATE
-    from lmforge.tokenizer.hf_export import bpe_merges, load_proto
 
     spm = model_dir / MODEL_FILE
     if not spm.is_file():
@@ -174,7 +174,6 @@ def add_tensors(writer, state: dict, config: dict, quant: str, gguf) -> None:
 
 def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, quant: str = "f16") -> Path:
     """Write the GGUF file of `model_dir`; returns its path (default: <model_dir>/model-<quant>.gguf)."""
-    from lmforge.artifacts import atomic_path
 
     if quant not in QUANTS:
         raise ConfigError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")

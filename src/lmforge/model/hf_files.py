@@ -24,7 +24,10 @@ import os
 from pathlib import Path
 
 from lmforge.artifacts import atomic_path, atomic_write_json, read_json
-from lmforge.tokenizer.spm import CONFIG_FILE, SPECIAL_TOKENS, copy_tokenizer_files
+from lmforge.data.chatml import CHAT_TEMPLATE
+from lmforge.model.external import copy_hf_tokenizer_files, is_lmforge_tokenizer
+from lmforge.tokenizer.format import CONFIG_FILE, SPECIAL_TOKENS
+from lmforge.tokenizer.spm import copy_tokenizer_files
 
 RUN_TOKENIZER_DIR = "tokenizer"
 # Generation stops on either: end of document, end of a ChatML turn.
@@ -43,7 +46,6 @@ def set_chat_generation(model, stop_ids: list[int] | None = None) -> None:
 
 def model_tokenizer_keys(context: int) -> dict:
     """tokenizer_config.json keys every lmforge model dir carries."""
-    from lmforge.data.chatml import CHAT_TEMPLATE
 
     return {"chat_template": CHAT_TEMPLATE, "model_max_length": int(context)}
 
@@ -58,7 +60,6 @@ def set_model_tokenizer_keys(tokenizer_dir: str | os.PathLike, context: int) -> 
 
 def prepare_run_tokenizer(tokenizer_dir: str | os.PathLike, run_dir: str | os.PathLike, context: int) -> Path:
     """<run_dir>/tokenizer/: the tokenizer's files with the model keys above (written atomically)."""
-    from lmforge.model.external import copy_hf_tokenizer_files, is_lmforge_tokenizer
 
     target = Path(run_dir) / RUN_TOKENIZER_DIR
     copy = copy_tokenizer_files if is_lmforge_tokenizer(tokenizer_dir) else copy_hf_tokenizer_files

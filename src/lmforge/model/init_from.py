@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmforge.artifacts import MANIFEST_NAME, describe_input, read_json, sha256_file
+from lmforge.artifacts import describe_input, MANIFEST_NAME, read_json, sha256_file
 from lmforge.errors import ArtifactError, ConfigError, LineageError
 from lmforge.log import get_logger
+from lmforge.model.architecture import llama_config
 
 log = get_logger(__name__)
 
@@ -56,7 +57,6 @@ def check_source(model_dir: str | os.PathLike, tokenizer_sha256: str) -> Path:
 
 def check_shape(model_dir: str | os.PathLike, arch, vocab_size: int) -> None:
     """Compare DIR's config.json with the run's architecture (before anything is written)."""
-    from lmforge.model.architecture import llama_config
 
     root = Path(model_dir)
     source = read_json(root / "config.json", "model config")
@@ -74,7 +74,7 @@ def identity(model_dir: str | os.PathLike) -> dict:
     root = Path(model_dir)
     described = describe_input(root)
     weights = {p.name: sha256_file(p) for p in sorted(root.glob("model*.safetensors"))}
-    return {"path": str(root), "manifest_sha256": described["manifest_sha256"], "weights_sha256": weights}
+    return {"path": str(root), "identity": described["identity"], "weights_sha256": weights}
 
 
 def load_initial_weights(model, model_dir: str | os.PathLike) -> None:

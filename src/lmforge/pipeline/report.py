@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from lmforge.artifacts import atomic_path, atomic_write_text
 from lmforge.errors import ArtifactError
+from lmforge.evaluation.datasets import DERIVED_PREFIX, is_derived
+from lmforge.evaluation.report_table import evaluation_section
+from lmforge.pipeline import verify
+from lmforge.pipeline.run_record import RUN_FILE
+from lmforge.pipeline.verify import find_artifacts
 
 REPORT = "REPORT.md"
 PLOTS = "plots"
@@ -83,7 +89,6 @@ def _search(obj: Any, parents: list[str], leaf: str, matched: int = 0) -> Any:
 
 def stage_artifacts(run_dir: Path, record: dict) -> dict[str, list[tuple[Path, dict]]]:
     """Manifests by stage name: the runner's recorded outputs, else everything under run_dir."""
-    from lmforge.pipeline.verify import find_artifacts
 
     roots = [Path(e["output"]) for e in record.get("stages", {}).values() if e.get("output")]
     roots = [p for p in roots if p.exists()] or [run_dir]
@@ -186,8 +191,6 @@ def plot_metrics(rows: list[dict], label: str, out_dir: Path, *, loss_range: tup
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.artifacts import atomic_path
-
     axis = _tokens_axis(rows)
     specs = [("loss", "loss", [("train", LOSS_KEYS), ("validation", VAL_LOSS_KEYS)], loss_range, "plan: final loss"),
              ("lr", "learning rate", [("lr", LR_KEYS)], None, ""),
@@ -253,7 +256,6 @@ def stages_section(record: dict, by_stage: dict) -> list[str]:
         output = Path(entry["output"]) if entry.get("output") else None
         figures = ""
         if output is not None:
-            from lmforge.pipeline.verify import find_artifacts
             try:
                 best = _best(find_artifacts([output]), output) if output.exists() else None
             except ArtifactError:
@@ -353,7 +355,6 @@ def caveat(label: str, values: dict, by_stage: dict, device: str) -> tuple[str, 
 
 
 def _derived_caveat(source: str | None, real: str) -> tuple[str, str]:
-    from lmforge.evaluation.datasets import is_derived
 
     if not is_derived(source):
         return "", ""
@@ -400,7 +401,6 @@ def _derived_fingerprint(fingerprint: dict | None) -> str | None:
     """A stage's data fingerprint (lmforge.data.sources.data_fingerprint) names the mirror files
     it read; files under a quickstart-data output (its DERIVED.json, or its manifest for
     runs made before the marker existed) are derived data."""
-    from lmforge.evaluation.datasets import DERIVED_PREFIX
 
     for path in (fingerprint or {}).get("mirror_files") or {}:
         for parent in Path(path).parents:
@@ -459,9 +459,6 @@ def machine_section() -> list[str]:
 # ---------------------------------------------------------------- the report
 
 def build_report(run_dir: Path) -> str:
-    from lmforge.pipeline import verify
-    from lmforge.evaluation.report_table import evaluation_section
-    from lmforge.pipeline.run import RUN_FILE
 
     record = _read_json(run_dir / RUN_FILE) or {}
     by_stage = stage_artifacts(run_dir, record)
@@ -495,7 +492,6 @@ def build_report(run_dir: Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Rebuild `<run_dir>/REPORT.md` (and its plots); return its path."""
-    from lmforge.artifacts import atomic_write_text
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -23,6 +23,7 @@ import json
 import os
 from pathlib import Path
 
+from lmforge.artifacts import atomic_write_json, describe_input, sha256_file, verify_outputs
 from lmforge.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -80,7 +81,6 @@ def find_artifacts(paths: list[Path]) -> list[tuple[Path, dict]]:
 
 def tokenizer_dir_hash(directory: Path) -> tuple[str | None, list[str]]:
     """The `sha256_hash` of a tokenizer directory's config, checked against its spm.model bytes."""
-    from lmforge.artifacts import sha256_file
 
     config = _read_json(directory / TOKENIZER_CONFIG) or {}
     declared = config.get("sha256_hash")
@@ -157,7 +157,6 @@ def check_artifact(path: Path, manifest: dict, reference: str | None) -> tuple[R
 
 def _copied_tokenizer_problems(path: Path, sha: str) -> list[str]:
     """A model directory's copied tokenizer files must be the ones its manifest names."""
-    from lmforge.artifacts import sha256_file
 
     problems = []
     declared = (_read_json(path / TOKENIZER_CONFIG) or {}).get("sha256_hash")
@@ -171,22 +170,20 @@ def _copied_tokenizer_problems(path: Path, sha: str) -> list[str]:
 
 
 def _stale_inputs(path: Path, manifest: dict) -> list[str]:
-    """Inputs whose manifest changed since this artifact was built (a rebuilt upstream stage)."""
-    from lmforge.artifacts import sha256_file
-
+    """Inputs whose content changed since this artifact was built (an upstream stage rebuilt
+    with other data or config; an identical rebuild keeps its identity and is no note)."""
     notes = []
     for role, entry in (manifest.get("inputs") or {}).items():
-        if not isinstance(entry, dict) or not entry.get("manifest_sha256"):
+        if not isinstance(entry, dict) or not entry.get("identity") or not entry.get("path"):
             continue
-        mf = Path(entry.get("path", "")) / MANIFEST
-        if mf.is_file() and sha256_file(mf) != entry["manifest_sha256"]:
-            notes.append(f"{path}: its {role} input {entry['path']} was rebuilt since (manifest changed)")
+        current = describe_input(entry["path"])["identity"]
+        if current is not None and current != entry["identity"]:
+            notes.append(f"{path}: its {role} input {entry['path']} was rebuilt since with other content")
     return notes
 
 
 def output_problems(path: Path, manifest: dict) -> list[str]:
     """Every output's size and sha256 against the manifest (hashes cached by size/mtime/inode)."""
-    from lmforge.artifacts import verify_outputs
 
     try:
         verify_outputs(path, manifest, full=False, cached=True)
@@ -259,7 +256,6 @@ def main(args: argparse.Namespace) -> int:
     result = verify_paths(args.paths, args.tokenizer)
     print(format_table(result, full=args.full))
     if args.json:
-        from lmforge.artifacts import atomic_write_json
 
         atomic_write_json(args.json, {
             "ok": result.ok, "reference": result.reference, "reference_from": result.reference_from,

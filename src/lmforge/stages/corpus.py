@@ -24,7 +24,6 @@ import argparse
 import math
 from pathlib import Path
 
-from lmforge.artifacts import is_up_to_date
 from lmforge.data.corpus.analyze import analyze
 from lmforge.data.corpus.assembly import build
 from lmforge.data.corpus.cache import KILL_AFTER_PARTS_ENV
@@ -32,6 +31,7 @@ from lmforge.data.corpus.inputs import mirror_dir, preflight, token_counter
 from lmforge.data.corpus.schema import (STAGE, CorpusConfig, OutputParams, ProcessingParams, SourceSpec, config_record,
                              load_corpus_config)
 from lmforge.data.corpus.shards import JsonlGzWriter, read_jsonl_gz
+from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count
 
 __all__ = ["add_arguments", "main", "describe", "build", "analyze", "load_corpus_config", "CorpusConfig",
@@ -61,12 +61,10 @@ def main(args: argparse.Namespace) -> int:
     preflight(cfg, mirror)
     if args.analyze_only:
         return analyze(cfg, counter, mirror, out)
-    record = config_record(cfg, counter)
-    inputs = {"tokenizer": cfg.tokenizer_dir} if cfg.tokenizer_dir else {}
-    if not args.force and is_up_to_date(out, STAGE, record, inputs):
-        log.info("%s is up to date, skipping (use --force to redo)", out)
-        return 0
-    build(cfg, counter, mirror, out, use_cache=args.use_cache, config_record=record, inputs=inputs)
+    inputs = {"tokenizer": Path(cfg.tokenizer_dir)} if cfg.tokenizer_dir else {}
+    plan = StagePlan(STAGE, out, config_record(cfg, counter), inputs, force=args.force)
+    run_stage(plan, lambda p: build(cfg, counter, mirror, p.output_dir, use_cache=args.use_cache,
+                                    config_record=p.config, inputs=p.inputs))
     return 0
 
 

@@ -24,62 +24,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.config import spec
-from lmforge.evaluation.smoke import SmokeCase, SmokeRules
-from lmforge.evaluation.zeroshot import ZeroShotSettings
-from lmforge.stages.evaluate import BoolQSettings, RuntimeSettings
+from lmforge.artifacts import (prepare_output_dir)
+from lmforge.config import load_config, parse_set_overrides, to_dict
+from lmforge.data.sources import resolve_mirror
+from lmforge.evaluation.config import EvalSFTConfig
+from lmforge.evaluation.zeroshot import (apply_tasks_flag, data_identity, preflight)
+from lmforge.evaluation.sft_suite import closing_summary, SFTEvalRun, STAGE
+from lmforge.pipeline.stage import run_stage, StagePlan
+from lmforge.model.loading import load_for_eval
 
-STAGE = "eval-sft"
-
-
-@dataclass
-class PerplexitySettings:
-    enabled: bool = spec(True, help="compute perplexity on the SFT val splits")
-    data_dirs: list[str] | None = spec(None, help="SFT data dirs; null = those recorded in the model's manifest")
-    max_examples: int | None = spec(None, min=1, help="cap on val conversations per data dir (partial)")
-
-
-@dataclass
-class BoolQSFTSettings(BoolQSettings):
-    chatml_variant: bool = spec(True, help="also ask the questions as a ChatML user turn")
-
-
-@dataclass
-class SmokeSettings:
-    enabled: bool = spec(True)
-    max_new_tokens: int = spec(96, min=1, max=4096)
-    temperature: float = spec(0.0, min=0.0, max=10.0, help="0 = greedy (reproducible)")
-    repetition_penalty: float = spec(1.1, min=1.0, max=5.0)
-    system_message: str | None = spec(None, help="system message for every case without its own")
-    rules: SmokeRules = spec(default_factory=SmokeRules)
-    cases: list[SmokeCase] = spec(default_factory=list)
-
-
-@dataclass
-class SFTExpected:
-    """The plan's reference ranges, printed beside the obtained values (never enforced)."""
-
-    sft_perplexity: list[float] = spec(default_factory=lambda: [35.0, 50.0])
-    boolq_accuracy: list[float] = spec(default_factory=lambda: [0.68, 0.75])
-    smoke_quality: list[float] = spec(default_factory=lambda: [0.65, 0.80])
-
-
-@dataclass
-class EvalSFTConfig:
-    sft_perplexity: PerplexitySettings = field(default_factory=PerplexitySettings)
-    boolq: BoolQSFTSettings = field(default_factory=BoolQSFTSettings)
-    smoke: SmokeSettings = field(default_factory=SmokeSettings)
-    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
-    pretrain_results: str | None = spec(None, help="pretraining results.json (or its directory) for the BoolQ delta")
-    expected: SFTExpected = field(default_factory=SFTExpected)
-    zero_shot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args) -> EvalSFTConfig:
-    from lmforge.config import load_config, parse_set_overrides
-    from lmforge.evaluation.zeroshot import apply_tasks_flag
 
     overrides = parse_set_overrides(args.set)
     flags = {"pretrain_results": args.pretrain_results, "sft_perplexity.data_dirs": args.data_dirs,
@@ -121,22 +74,7 @@ def describe(args) -> dict[str, str]:
             "perplexity_data": ", ".join(cfg.sft_perplexity.data_dirs or ["from the model's manifest"])}
 
 
-def pretrain_results_path(cfg: EvalSFTConfig, output_file: Path) -> Path | None:
-    """The configured pretraining results, else the plan's sibling layout (sft/<name> -> pretrain/<name>)."""
-    if cfg.pretrain_results:
-        p = Path(cfg.pretrain_results)
-        return p / "results.json" if p.is_dir() else p
-    guess = output_file.parent.parent.parent / "pretrain" / output_file.parent.name / "results.json"
-    return guess if output_file.parent.parent.name == "sft" and guess.is_file() else None
-
-
 def main(args) -> int:
-    from lmforge.artifacts import is_up_to_date, prepare_output_dir
-    from lmforge.config import to_dict
-    from lmforge.log import get_logger
-    from lmforge.model.loading import load_for_eval
-
-    log = get_logger(__name__)
     cfg = build_config(args)
     output_file = Path(args.output_file)
     out = output_file.parent
@@ -145,263 +83,24 @@ def main(args) -> int:
         config_dict.pop("zero_shot")  # as before the suite existed: results computed then stay up to date
     config_dict["_mirror"] = str(args.mirror) if args.mirror else None
     config_dict["_output_file"] = output_file.name
-    from lmforge.data.sources import resolve_mirror
-    from lmforge.evaluation.zeroshot import data_identity, preflight
 
     preflight(cfg.zero_shot, resolve_mirror(args.mirror))  # harness installed, task data present: before anything
     if cfg.zero_shot.tasks:
         config_dict["_zero_shot_data"] = data_identity(cfg.zero_shot.tasks, resolve_mirror(args.mirror))
-    inputs = {"model": args.model_path, "tokenizer": args.tokenizer_path}
-    if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
-        log.info("%s: up to date, skipping (use --force to redo)", out)
-        return 0
-    loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
-    prepare_output_dir(out)
-    run = SFTEvalRun(cfg, loaded, args, out)
-    results = run.execute()
-    run.write(results, output_file, config_dict, inputs)
-    print(closing_summary(results, output_file))
+    inputs = {"model": Path(args.model_path), "tokenizer": Path(args.tokenizer_path)}
+    plan = StagePlan(STAGE, out, config_dict, inputs, force=args.force)
+    run_stage(plan, lambda p: evaluate_sft(p, cfg, args, output_file))
     return 0
 
 
-class SFTEvalRun:
-    """One SFT evaluation: each part adds to `results`; `write` saves it all, manifest last."""
-
-    def __init__(self, cfg: EvalSFTConfig, loaded, args, out: Path):
-        from lmforge.log import get_logger
-        from lmforge.tokenizer.spm import load_tokenizer
-
-        self.cfg, self.loaded, self.args, self.out = cfg, loaded, args, out
-        self.tokenizer = load_tokenizer(args.tokenizer_path)  # the ids SFT data and chat use
-        self.log = get_logger(__name__)
-        self.tables: dict[str, list[dict]] = {}
-
-    def execute(self) -> dict:
-        start = time.time()
-        results: dict = {"stage": STAGE}
-        if self.cfg.sft_perplexity.enabled:
-            results["sft_perplexity"] = self.sft_perplexity()
-        if self.cfg.boolq.enabled:
-            results["boolq"] = self.boolq("harness", "boolq_items.jsonl")
-            if self.cfg.boolq.chatml_variant:
-                results["boolq_chatml"] = self.boolq("chatml", "boolq_chatml_items.jsonl")
-        if self.cfg.smoke.enabled and self.cfg.smoke.cases:
-            results["smoke"] = self.smoke()
-        if self.cfg.zero_shot.tasks:
-            from lmforge.data.sources import resolve_mirror
-            from lmforge.evaluation.zeroshot import run, split_items
-
-            results["zero_shot"] = run(self.loaded, self.cfg.zero_shot, resolve_mirror(self.args.mirror),
-                                       self.cfg.runtime.batch_size)
-            self.tables["zero_shot_items.jsonl"] = split_items(results["zero_shot"])
-        results["pretrain_comparison"] = self.compare_with_pretrain(results)
-        results["partial"] = any(isinstance(v, dict) and v.get("partial") for v in results.values())
-        results["wall_seconds"] = round(time.time() - start, 2)
-        return results
-
-    # -------------------------------------------------------- parts
-
-    def data_dirs(self) -> list[str]:
-        configured = self.cfg.sft_perplexity.data_dirs
-        if configured:
-            return configured
-        recorded = (self.loaded.manifest.get("config") or {}).get("data_dirs")
-        if not recorded:
-            from lmforge.errors import ConfigError
-
-            raise ConfigError(f"{self.args.model_path}: its manifest records no SFT data dirs; "
-                              "pass --data_dirs or set sft_perplexity.data_dirs")
-        return recorded
-
-    def sft_perplexity(self) -> dict:
-        from lmforge.artifacts import check_tokenizer_lineage, load_manifest
-        from lmforge.data.sft_dataset import STAGE as DATA_STAGE, SFTSplit, iter_eval_batches
-
-        start = time.time()
-        per_dir, total_nll, total_tokens = {}, 0.0, 0
-        for d in self.data_dirs():
-            manifest = load_manifest(d, DATA_STAGE)
-            check_tokenizer_lineage(self.loaded.tokenizer_sha256, f"tokenizer {self.args.tokenizer_path}",
-                                    manifest.get("tokenizer_sha256"), f"SFT data {d}")
-            split = SFTSplit(d, "val")
-            cap = self.cfg.sft_perplexity.max_examples
-            batches = iter_eval_batches(split, self.cfg.runtime.batch_size, self.tokenizer.pad_id, limit=cap)
-            nll, tokens = assistant_nll(self.loaded.model, batches)
-            per_dir[d] = {"conversations": min(len(split), cap or len(split)), "tokens": tokens,
-                          "perplexity": _exp(nll / tokens) if tokens else None, "partial": bool(cap and cap < len(split))}
-            total_nll, total_tokens = total_nll + nll, total_tokens + tokens
-        ppl = _exp(total_nll / total_tokens) if total_tokens else None
-        self.log.info("SFT perplexity (assistant tokens): %s over %d tokens", ppl, total_tokens)
-        return {"perplexity": ppl, "loss": total_nll / total_tokens if total_tokens else None, "tokens": total_tokens,
-                "datasets": per_dir, "partial": any(v["partial"] for v in per_dir.values()),
-                "seconds": round(time.time() - start, 2)}
-
-    def boolq(self, prompt_format: str, table: str) -> dict:
-        from lmforge.evaluation.datasets import load_boolq
-        from lmforge.evaluation.boolq import evaluate_boolq
-
-        s, m = self.cfg.boolq, self.loaded
-        skips: Counter = Counter()
-        start = time.time()
-        data = load_boolq(s.local_file, limit=s.max_examples, mirror=self.args.mirror, skips=skips,
-                          hub=(s.hub_id, s.hub_config, s.split))
-        result = evaluate_boolq(m.model, m.encoder, data.records, max_length=m.max_length,
-                                batch_size=self.cfg.runtime.batch_size, prompt_format=prompt_format)
-        self.tables[table] = result.items
-        self.log.info("BoolQ (%s prompt): accuracy %.4f (yes-rate %.3f)", prompt_format, result.accuracy, result.yes_rate)
-        return {**result.summary(), "prompt_format": prompt_format, "source": data.source, "partial": data.partial,
-                "skipped": dict(skips), "seconds": round(time.time() - start, 2)}
-
-    def smoke(self) -> dict:
-        from lmforge.model.chat import Sampling, generate_reply
-        from lmforge.evaluation.smoke import quality_score, rule_pass_rates, score_reply
-
-        s = self.cfg.smoke
-        start = time.time()
-        sampling = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                            repetition_penalty=s.repetition_penalty)
-        results, rows = [], []
-        for case in s.cases:
-            system = case.system or s.system_message
-            messages = ([{"role": "system", "content": system}] if system else []) + \
-                       [{"role": "user", "content": case.prompt}]
-            reply = generate_reply(self.loaded.model, self.tokenizer, messages, sampling)
-            scored = score_reply(case, reply.text, reply.stopped_on_im_end, s.rules)
-            results.append(scored)
-            rows.append({"case": case.name, "prompt": case.prompt, "reply": reply.text,
-                         "new_tokens": len(reply.ids) + int(reply.stopped_on_im_end),
-                         "stop": "im_end" if reply.stopped_on_im_end else "length",
-                         "rules": scored.rules, "score": scored.score})
-        self.tables["generations.jsonl"] = rows
-        quality = quality_score(results)
-        self.log.info("smoke tests: %d cases, quality %.3f", len(results), quality)
-        return {"quality_score": quality, "cases": len(results), "rule_pass_rates": rule_pass_rates(results),
-                "scores": {r.case: r.score for r in results}, "file": "generations.jsonl",
-                "seconds": round(time.time() - start, 2)}
-
-    def compare_with_pretrain(self, results: dict) -> dict | None:
-        path = pretrain_results_path(self.cfg, Path(self.args.output_file))
-        if path is None:
-            return None
-        from lmforge.artifacts import read_json
-
-        pre = read_json(path, "pretraining results")
-        before, after = (pre.get("boolq") or {}).get("accuracy"), (results.get("boolq") or {}).get("accuracy")
-        comparable = (before is not None and after is not None and
-                      (pre.get("boolq") or {}).get("examples") == results["boolq"].get("examples"))
-        return {"pretrain_results": str(path), "pretrain": pre.get("boolq"),
-                "boolq_accuracy_pretrain": before, "boolq_accuracy_sft": after,
-                "boolq_delta": (after - before) if comparable else None, "comparable": comparable}
-
-    # -------------------------------------------------------- outputs
-
-    def write(self, results: dict, output_file: Path, config_dict: dict, inputs: dict) -> None:
-        from lmforge.artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
-        from lmforge.log import peak_rss_mb
-        from lmforge.stages.evaluate import _json_safe
-
-        m = self.loaded
-        results.update({"model_path": str(self.args.model_path), "tokenizer_path": str(self.args.tokenizer_path),
-                        "tokenizer_sha256": m.tokenizer_sha256, "device": m.device, "dtype": m.dtype,
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "expected": config_dict["expected"],
-                        "config": config_dict})
-        for name, rows in self.tables.items():
-            with atomic_open(self.out / name, "w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        atomic_write_json(output_file, _json_safe(results))
-        atomic_write_text(self.out / "report.md", render_report(results))
-        figures = {"wall_seconds": results["wall_seconds"], "peak_rss_mb": round(peak_rss_mb(), 1),
-                   "partial": results["partial"], **headline(results)}
-        write_manifest(self.out, STAGE, config=config_dict, inputs=inputs, tokenizer_sha256=m.tokenizer_sha256,
-                       outputs=[output_file.name, "report.md", *self.tables], figures=_json_safe(figures))
-        from lmforge.model.card import record_evaluation
-        record_evaluation(self.args.model_path, STAGE, _json_safe(headline(results)), results["expected"],
-                          Path(output_file).resolve())
+def evaluate_sft(plan: StagePlan, cfg: EvalSFTConfig, args, output_file: Path) -> dict:
+    """Load the SFT model, run every enabled part, write results, report and manifest."""
+    loaded = load_for_eval(args.model_path, args.tokenizer_path, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+    out = prepare_output_dir(plan.output_dir)
+    run = SFTEvalRun(cfg, loaded, args, out)
+    results = run.execute()
+    manifest = run.write(results, output_file, plan.config, plan.inputs)
+    print(closing_summary(results, output_file))
+    return manifest
 
 
-def assistant_nll(model, batches) -> tuple[float, int]:
-    """Summed NLL and count of the masked-in (assistant) tokens over the batches."""
-    import torch
-
-    from lmforge.training.loop import causal_lm_loss_sum, count_label_tokens
-
-    device = next(model.parameters()).device
-    nll, tokens = 0.0, 0
-    with torch.inference_mode():
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll += float(causal_lm_loss_sum(logits, batch["labels"]))
-            tokens += count_label_tokens(batch["labels"])
-    return nll, tokens
-
-
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 700 else float("inf")
-
-
-def headline(results: dict) -> dict:
-    picked = {"sft_perplexity": (results.get("sft_perplexity") or {}).get("perplexity"),
-              "boolq_accuracy": (results.get("boolq") or {}).get("accuracy"),
-              "boolq_chatml_accuracy": (results.get("boolq_chatml") or {}).get("accuracy"),
-              "smoke_quality": (results.get("smoke") or {}).get("quality_score"),
-              "boolq_delta_vs_pretrain": (results.get("pretrain_comparison") or {}).get("boolq_delta")}
-    from lmforge.evaluation.zeroshot import headline as zero_shot_headline
-
-    return {**{k: v for k, v in picked.items() if v is not None}, **zero_shot_headline(results.get("zero_shot"))}
-
-
-def _row(name: str, value, expected: list[float] | None, fmt: str) -> str:
-    if value is None:
-        return f"| {name} | {'-' if not expected else f'{expected[0]:g}-{expected[1]:g}'} | n/a | |"
-    verdict = "" if not expected else ("within" if expected[0] <= value <= expected[1] else
-                                      ("below" if value < expected[0] else "above"))
-    exp_text = "-" if not expected else f"{expected[0]:g}-{expected[1]:g}"
-    return f"| {name} | {exp_text} | {format(value, fmt)} | {verdict} |"
-
-
-def render_report(results: dict) -> str:
-    h, e = headline(results), results["expected"]
-    lines = [f"# SFT evaluation report: {results['model_path']}", "",
-             f"- tokenizer: `{results['tokenizer_path']}` (sha256 `{results['tokenizer_sha256']}`)",
-             f"- device: {results['device']} ({results['dtype']}), wall time {results['wall_seconds']:.1f} s"]
-    if results["partial"]:
-        lines.append("- **PARTIAL**: some parts were capped; not comparable with full-set figures")
-    lines += ["", "| Metric | Expected (plan) | Obtained | |", "|---|---|---|---|",
-              _row("SFT perplexity (assistant tokens)", h.get("sft_perplexity"), e["sft_perplexity"], ".2f"),
-              _row("BoolQ accuracy (pretraining protocol)", h.get("boolq_accuracy"), e["boolq_accuracy"], ".4f"),
-              _row("BoolQ accuracy (ChatML prompt)", h.get("boolq_chatml_accuracy"), None, ".4f"),
-              _row("BoolQ delta vs pretrain", h.get("boolq_delta_vs_pretrain"), None, "+.4f"),
-              _row("Smoke quality (0-1)", h.get("smoke_quality"), e["smoke_quality"], ".3f")]
-    smoke = results.get("smoke")
-    if smoke:
-        lines += ["", "## Smoke tests", "", "| rule | pass rate |", "|---|---|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in smoke["rule_pass_rates"].items()]
-        lines += ["", f"Replies and per-rule verdicts: `{smoke['file']}`"]
-    from lmforge.evaluation.zeroshot import report_lines
-
-    lines += report_lines(results.get("zero_shot"))
-    return "\n".join(lines) + "\n"
-
-
-def closing_summary(results: dict, output_file: Path) -> str:
-    h, e = headline(results), results["expected"]
-    lines = ["✅ SFT evaluation complete!" + (" (PARTIAL: capped)" if results["partial"] else "")]
-    if "sft_perplexity" in h:
-        lo, hi = e["sft_perplexity"]
-        lines.append(f"   📉 SFT perplexity: {h['sft_perplexity']:.2f} (expected {lo:g}-{hi:g})")
-    if "boolq_accuracy" in h:
-        lo, hi = e["boolq_accuracy"]
-        delta = h.get("boolq_delta_vs_pretrain")
-        lines.append(f"   🎯 BoolQ accuracy: {h['boolq_accuracy']:.2%} (expected {lo:.0%}-{hi:.0%}"
-                     + (f"; {delta * 100:+.1f} points vs pretrain)" if delta is not None else "; no pretrain results to compare)"))
-    if "boolq_chatml_accuracy" in h:
-        lines.append(f"   💬 BoolQ, ChatML prompt: {h['boolq_chatml_accuracy']:.2%}")
-    if "smoke_quality" in h:
-        lo, hi = e["smoke_quality"]
-        lines.append(f"   🧪 Smoke quality: {h['smoke_quality']:.3f} (expected {lo:g}-{hi:g}; "
-                     f"{results['smoke']['cases']} cases)")
-    lines.append(f"   ⏱️  Duration: {results['wall_seconds']:.1f} s")
-    lines.append(f"   📁 Results: {output_file}")
-    return "\n".join(lines)

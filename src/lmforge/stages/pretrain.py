@@ -17,16 +17,29 @@ and `lmforge pretrain` run the same code in one process; on CPU too.
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.artifacts import (check_tokenizer_lineage, child_dir, describe_input, MANIFEST_NAME, prepare_output_dir, read_json)
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.data.loader import eval_batches, normalise_weights, open_packed_dir, PackedBatches, Prefetcher
 from lmforge.errors import ConfigError
-from lmforge.log import get_logger, human_count
-from lmforge.training.loop import TrainingConfig, scaled_warmup
+from lmforge.pipeline.stage import run_stage, StagePlan
+from lmforge.log import get_logger, human_count, peak_rss_mb
+from lmforge.model.architecture import (choose_attention, count_parameters, flops_per_token, load_architecture, quiet_transformers)
+from lmforge.model.card import write_cards
+from lmforge.model.decoder import build_decoder
+from lmforge.model.hf_files import prepare_run_tokenizer, RUN_TOKENIZER_DIR, set_chat_generation
+from lmforge.model.init_from import check_shape, check_source, identity as init_identity, load_initial_weights
+from lmforge.tokenizer.spm import load_tokenizer_artifact
+from lmforge.training.resume import choose_resume, clear_run_dir
+from lmforge.training.limits import check_pretrain_fits
+from lmforge.training.loop import (_duration, auto_split, CheckpointMeta, make_accelerator, run_training, scaled_warmup,
+                                   TrainingConfig)
 
 log = get_logger(__name__)
+
+STAGE = "pretrain"
 
 # Flags that override a `training.*` key (the plan's flags plus common knobs).
 TRAINING_FLAGS = {
@@ -102,10 +115,6 @@ def load_stage_config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    from lmforge.artifacts import check_tokenizer_lineage, child_dir
-    from lmforge.data.loader import normalise_weights, open_packed_dir
-    from lmforge.model.architecture import load_architecture
-    from lmforge.tokenizer.spm import load_tokenizer_artifact
 
     cfg = load_stage_config(args)
     arch_path = resolve_architecture_path(cfg.architecture, Path(args.config))
@@ -129,10 +138,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
     training.pop("report_to", None)  # where metrics are sent does not change what the run is
     identity = {"architecture": to_dict(arch), "architecture_file": str(arch_path), "training": training,
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
-                "data_dirs": [str(p.path) for p in packed], "data_weights": weights}
+                "data_dirs": [str(p.path) for p in packed], "data_weights": weights,
+                # what the data *are*: resume refuses other data under the same paths
+                "data_identities": [describe_input(p.path)["identity"] for p in packed]}
     inputs = {"tokenizer": str(args.tokenizer_dir)}
     if getattr(args, "init_from", None):  # checked now, before any output is written
-        from lmforge.model.init_from import check_shape, check_source, identity as init_identity
         check_shape(check_source(args.init_from, tokenizer.sha256), arch, tokenizer.vocab_size)
         identity["init_from"], inputs["init_from"] = init_identity(args.init_from), str(args.init_from)
     inputs.update({("data" if len(packed) == 1 else f"data_{i}"): str(p.path) for i, p in enumerate(packed)})
@@ -140,7 +150,6 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 
 def derived_figures(plan: Plan, world_size: int) -> dict:
-    from lmforge.model.architecture import count_parameters
 
     t = plan.cfg.training
     seq = plan.identity["seq_length"]
@@ -162,84 +171,29 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
             "epochs": ", ".join(f"{e:.2f}" for e in f["epochs"]), "run folder": str(plan.run_dir)}
 
 
-# ---------------------------------------------------------------- checkpoints and resume
-
-def choose_resume(args: argparse.Namespace, plan: Plan) -> Path | None:
-    """Which checkpoint to continue from, or None for a fresh start."""
-    from lmforge.artifacts import sha256_json
-    from lmforge.training.checkpoint import latest_checkpoint, load_meta
-
-    if args.resume:
-        path = Path(args.resume) if args.resume != "latest" else latest_checkpoint(plan.run_dir)
-        if path is None:
-            log.warning("--resume: no checkpoint in %s yet, starting from scratch", plan.run_dir)
-            return None
-        meta = load_meta(path)  # raises a clear error for a missing or incomplete checkpoint
-        if sha256_json(_identity_of(meta)) != sha256_json(plan.identity):
-            changed = sorted(k for k in plan.identity if _identity_of(meta).get(k) != plan.identity[k])
-            log.warning("--resume: %s was made with a different config (%s differ); continuing with the new one",
-                        path, ", ".join(changed))
-        return path
-    latest = latest_checkpoint(plan.run_dir)
-    if latest is None or args.force:
-        return None
-    if sha256_json(_identity_of(load_meta(latest))) == sha256_json(plan.identity):
-        log.info("found %s from an interrupted run with the same config: continuing (--force starts over)", latest.name)
-        return latest
-    raise ConfigError(f"{plan.run_dir} holds checkpoints (latest {latest.name}) of a run with a different config: "
-                      "pass --resume to continue from them anyway, or --force to start over")
-
-
-def _identity_of(meta: dict) -> dict:
-    return meta.get("config") or {}
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """--force: forget earlier checkpoints, final model and metrics of this run folder."""
-    from lmforge.training.checkpoint import list_checkpoints
-
-    for _, path in list_checkpoints(run_dir):
-        shutil.rmtree(path)
-    for name in ("final", "metrics.jsonl", "tensorboard"):
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 # ---------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> int:
-    from lmforge.artifacts import is_up_to_date
-
     plan = build_plan(args)
-    if not args.force and not args.resume and is_up_to_date(plan.run_dir / "final", "pretrain", plan.identity, plan.inputs):
-        log.info("%s is up to date, skipping (use --force to redo)", plan.run_dir / "final")
-        return 0
-    return train(args, plan)
+    stage_plan = StagePlan(STAGE, plan.run_dir / "final", plan.identity, {k: Path(v) for k, v in plan.inputs.items()},
+                           force=args.force, run_anyway="--resume" if args.resume else None, workdir=plan.run_dir)
+    run_stage(stage_plan, lambda _: train(args, plan))
+    return 0
 
 
-def train(args: argparse.Namespace, plan: Plan) -> int:
+def train(args: argparse.Namespace, plan: Plan) -> dict | None:
+    """Train, checkpoint and save final/; returns final/'s manifest (None if the run stopped early)."""
     from accelerate.utils import set_seed
-
-    from lmforge.data.loader import PackedBatches, Prefetcher, eval_batches
-    from lmforge.model.decoder import build_decoder
-    from lmforge.model.architecture import choose_attention, flops_per_token, quiet_transformers
-    from lmforge.model.hf_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
-    from lmforge.training.loop import CheckpointMeta, auto_split, make_accelerator, run_training
 
     quiet_transformers()
     t = plan.cfg.training
     accelerator = make_accelerator(t)
-    from lmforge.training.limits import check_pretrain_fits
 
     check_pretrain_fits(plan.arch, plan.tokenizer.vocab_size, plan.identity["seq_length"], t.per_device_batch_size,
                         accelerator.device)  # absurd sizes stop here, before any allocation
     main_process = accelerator.is_main_process
-    resume_from = choose_resume(args, plan)
+    resume_from = choose_resume(plan.run_dir, plan.identity, resume=args.resume, force=args.force)
     if main_process:
-        from lmforge.artifacts import prepare_output_dir
 
         prepare_output_dir(plan.run_dir)
         if args.force and resume_from is None:
@@ -254,7 +208,6 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     model.set_attention(attn)
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     if getattr(args, "init_from", None):
-        from lmforge.model.init_from import load_initial_weights
         load_initial_weights(model, args.init_from)
     figures = derived_figures(plan, accelerator.num_processes)
     if main_process:
@@ -267,7 +220,7 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
         batches = Prefetcher(batches, t.gradient_accumulation_steps, pin=True)
     evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches, micro_batch=t.per_device_batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes)
-    meta = CheckpointMeta(stage="pretrain", config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
+    meta = CheckpointMeta(stage=STAGE, config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer.sha256, inputs=plan.inputs,
                           extra_figures={"parameters": figures["parameters"], "attention": attn,
                                          "tokens_per_step": figures["tokens_per_step"],
@@ -283,10 +236,9 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
             batches.close()
     if main_process:
         if result.final_dir:
-            from lmforge.model.card import write_cards
             write_cards(result.final_dir)  # README.md beside (not in) the manifest: eval updates it
         summarise(result, plan)
-    return 0
+    return read_json(result.final_dir / MANIFEST_NAME, "manifest") if result.final_dir else None
 
 
 def announce(plan: Plan, f: dict, attn: str, why: str, accelerator) -> None:
@@ -314,8 +266,6 @@ def announce(plan: Plan, f: dict, attn: str, why: str, accelerator) -> None:
 
 
 def summarise(result, plan: Plan) -> None:
-    from lmforge.log import peak_rss_mb
-    from lmforge.training.loop import _duration
 
     names = [p.name for p in result.checkpoints] + (["final"] if result.final_dir else [])
     title = "Training complete!" if result.final_dir else f"Training stopped at step {result.steps} as asked"

@@ -32,11 +32,22 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.artifacts import check_tokenizer_lineage, is_up_to_date, load_manifest, read_json
+from lmforge.artifacts import check_tokenizer_lineage, load_manifest, MANIFEST_NAME, prepare_output_dir, read_json
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.data.packed import check_token_range
+from lmforge.data.sft_dataset import (iter_eval_batches, normalise_weights, SFTSplit, STAGE as DATA_STAGE, WeightedBatches)
 from lmforge.errors import ConfigError
+from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count
-from lmforge.training.loop import TrainingConfig, scaled_warmup  # light: the loop's heavy imports are inside functions
+from lmforge.model.adapter import record_base
+from lmforge.model.architecture import quiet_transformers
+from lmforge.model.card import write_cards
+from lmforge.model.external import (check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer)
+from lmforge.model.hf_files import (model_context, prepare_run_tokenizer, RUN_TOKENIZER_DIR, set_chat_generation)
+from lmforge.model.loading import load_causal_lm
+from lmforge.training.resume import choose_resume, clear_run_dir
+from lmforge.training.limits import check_sft_fits
+from lmforge.training.loop import (CheckpointMeta, make_accelerator, run_training, scaled_warmup, TrainingConfig)
 
 log = get_logger(__name__)
 STAGE = "sft"
@@ -101,8 +112,6 @@ class Plan:
 
 def resolve(args) -> Plan:
     """Validate config and flags, and check tokenizer lineage across all inputs."""
-    from lmforge.model.external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
-    from lmforge.data.sft_dataset import STAGE as DATA_STAGE, normalise_weights
 
     overrides = parse_set_overrides(args.set)
     overrides.update(scaled_warmup(args.config, overrides))
@@ -155,8 +164,6 @@ def build_lora_model(model_path: str, lora: LoraSettings):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lmforge.model.loading import load_causal_lm
-
     base = load_causal_lm(model_path, torch.float32)  # no custom code, safetensors only
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
     missing = [m for m in lora.target_modules if m not in present]
@@ -177,9 +184,6 @@ def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir
     """
     import copy
 
-    from lmforge.model.adapter import record_base
-    from lmforge.model.hf_files import set_chat_generation
-
     out_dir = Path(out_dir)
     # The adapter lives in a subfolder: an adapter_config.json at the top makes
     # transformers load the directory as that adapter over its original base path.
@@ -198,32 +202,26 @@ def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir
 def main(args) -> int:
     plan = resolve(args)
     out = Path(args.output_dir)
-    if not args.force and not args.resume and is_up_to_date(out / "final", STAGE, plan.config_dict, plan.inputs):
-        log.info("%s is up to date, skipping (use --force to redo)", out / "final")
-        return 0
-    return train(args, plan)
+    stage_plan = StagePlan(STAGE, out / "final", plan.config_dict, {k: Path(v) for k, v in plan.inputs.items()},
+                           force=args.force, run_anyway="--resume" if args.resume else None, workdir=out)
+    run_stage(stage_plan, lambda _: train(args, plan))
+    return 0
 
 
-def train(args, plan: Plan) -> int:
+def train(args, plan: Plan) -> dict | None:
+    """Train the adapters, checkpoint, export final/; returns final/'s manifest (None if stopped early)."""
     from functools import partial
-    from types import SimpleNamespace
 
     from accelerate.utils import set_seed
 
-    from lmforge.artifacts import prepare_output_dir
-    from lmforge.model.architecture import quiet_transformers
-    from lmforge.model.hf_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer
-    from lmforge.data.sft_dataset import SFTSplit, WeightedBatches, iter_eval_batches
-    from lmforge.training.loop import CheckpointMeta, make_accelerator, run_training
     # Resume rules are pretraining's: same config continues by itself, --resume forces, --force restarts.
-    from lmforge.stages.pretrain import choose_resume, clear_run_dir
 
     quiet_transformers()
     cfg, t = plan.cfg, plan.cfg.training
     out = Path(args.output_dir)
     accelerator = make_accelerator(t)
     check_memory(args, plan, accelerator.device)  # absurd sizes stop here, before any allocation
-    resume_from = choose_resume(args, SimpleNamespace(run_dir=out, identity=plan.config_dict))
+    resume_from = choose_resume(out, plan.config_dict, resume=args.resume, force=args.force)
     if accelerator.is_main_process:
         prepare_output_dir(out)
         if args.force and resume_from is None:
@@ -262,17 +260,14 @@ def train(args, plan: Plan) -> int:
                           resume_from=resume_from)
     if accelerator.is_main_process:
         if result.final_dir:
-            from lmforge.model.card import write_cards
             write_cards(result.final_dir)  # final/README.md and final/adapter/README.md
         print_summary(plan, result, batches, out)
-    return 0
+    return read_json(result.final_dir / MANIFEST_NAME, "manifest") if result.final_dir else None
 
 
 def check_token_ids(data_dirs, vocab_size: int) -> None:
     """Every token id of the SFT data (train and val) is inside the model's vocabulary
     (the maximum is computed once per file version and cached, like its sha256)."""
-    from lmforge.data.packed import check_token_range
-    from lmforge.data.sft_dataset import SFTSplit
 
     for d in data_dirs:
         for split in ("train", "val"):
@@ -282,7 +277,6 @@ def check_token_ids(data_dirs, vocab_size: int) -> None:
 
 def check_memory(args, plan: Plan, device) -> None:
     """Refuse a micro-batch that cannot fit (see lmforge.training.limits), from the base model's config."""
-    from lmforge.training.limits import check_sft_fits
 
     base = Path(args.model_path)
     seq = max(int(((m.get("config") or {}).get("processing") or {}).get("max_length") or 1024)

@@ -20,18 +20,19 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_write_text, is_up_to_date, prepare_output_dir, sha256_file, write_manifest)
+from lmforge.artifacts import (atomic_write_text, prepare_output_dir, sha256_file, write_manifest)
 from lmforge.data.chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
 from lmforge.data.decontam import DecontaminationParams, Tally, build_index, figures as decontam_figures, screen, summary_line
 from lmforge.errors import DataError
 from lmforge.data.indexed import all_or_nothing
+from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count, peak_rss_mb, progress
 from lmforge.data.sft_dataset import STAGE, SPLITS, SplitWriter, split_files
 from lmforge.data.sft_sources import SourceConfig, iter_conversations
 from lmforge.data.sources import data_fingerprint, resolve_mirror
 from lmforge.model.external import load_any_tokenizer
-from lmforge.tokenizer.spm import CONFIG_FILE
+from lmforge.tokenizer.format import CONFIG_FILE
 
 log = get_logger(__name__)
 SAMPLES_FILE = "samples.jsonl"
@@ -96,22 +97,25 @@ def main(args) -> int:
         files=cfg.source.files, mirror=args.mirror)}
     if cfg.decontamination.mode == "off":
         config_dict.pop("decontamination")  # as before the check existed: data built then stay up to date
-    inputs = {"tokenizer": args.tokenizer_dir}
-    if not args.force and is_up_to_date(out, STAGE, config_dict, inputs):
-        log.info("%s is up to date, skipping (use --force to redo)", out)
-        return 0
-    prepare_output_dir(out)
+    plan = StagePlan(STAGE, out, config_dict, {"tokenizer": Path(args.tokenizer_dir)}, force=args.force)
+    run_stage(plan, lambda p: build_sft_data(p, cfg, tokenizer, args))
+    return 0
+
+
+def build_sft_data(plan: StagePlan, cfg, tokenizer, args) -> dict:
+    """Render, tokenize, mask and split the conversations; write the manifest."""
+    out = prepare_output_dir(plan.output_dir)
     started = time.time()
     figures = build(cfg, tokenizer, out, args)
     figures["seconds"] = round(time.time() - started, 1)
     figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
     outputs = [f for split in SPLITS for f in split_files(split)] + [SAMPLES_FILE]
-    write_manifest(out, STAGE, config=config_dict, outputs=outputs, inputs=inputs, figures=figures,
-                   tokenizer_sha256=tokenizer.sha256,
-                   extra={"tokenizer_config_sha256": sha256_file(Path(args.tokenizer_dir) / CONFIG_FILE),
-                          "name": cfg.name, **_external(tokenizer)})
+    manifest = write_manifest(out, STAGE, config=plan.config, outputs=outputs, inputs=plan.inputs, figures=figures,
+                              tokenizer_sha256=tokenizer.sha256,
+                              extra={"tokenizer_config_sha256": sha256_file(Path(args.tokenizer_dir) / CONFIG_FILE),
+                                     "name": cfg.name, **_external(tokenizer)})
     print_summary(cfg, out, figures, tokenizer.sha256)
-    return 0
+    return manifest
 
 
 def _external(tokenizer) -> dict:

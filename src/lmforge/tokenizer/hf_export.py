@@ -30,10 +30,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from lmforge.artifacts import atomic_path
 from lmforge.data.chatml import CHAT_TEMPLATE
 from lmforge.errors import ArtifactError
-from lmforge.tokenizer.spm import (MODEL_FILE, PIECE_CONTROL, PIECE_NORMAL, PIECE_UNKNOWN, PIECE_USER_DEFINED, SPECIAL_TOKENS,
-                        parse_model_proto, verbatim_bpe_problems)
+from lmforge.tokenizer.format import (MODEL_FILE, parse_model_proto, PIECE_CONTROL, PIECE_NORMAL, PIECE_UNKNOWN, PIECE_USER_DEFINED,
+                                   SPECIAL_TOKENS, verbatim_bpe_problems)
 
 def load_proto(model_path: str | os.PathLike):
     """The ModelProto of a SentencePiece model file."""
@@ -111,8 +112,6 @@ def export_hf_files(tokenizer_dir: str | os.PathLike, model_max_length: int) -> 
     tokenizer_config.json (the caller merges them with lmforge's own keys and writes it).
     """
     from transformers import PreTrainedTokenizerFast
-
-    from lmforge.artifacts import atomic_path
 
     root = Path(tokenizer_dir)
     keys = hf_tokenizer_config_keys(model_max_length)

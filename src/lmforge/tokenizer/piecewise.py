@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from itertools import chain
 
-from lmforge.tokenizer.spm import PIECE_BYTE, parse_model_proto, verbatim_bpe_problems
+from lmforge.tokenizer.format import PIECE_BYTE, parse_model_proto, verbatim_bpe_problems
 
 SPACE_SYMBOL = "\u2581"  # SentencePiece's "▁"
 # Characters per piece: the gain flattens out below a few hundred (docs/BENCHMARKS.md).

@@ -27,9 +27,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmforge.artifacts import MANIFEST_NAME, atomic_path, atomic_write_json, read_json, write_manifest
+from lmforge.artifacts import (atomic_path, atomic_write_json, load_manifest, MANIFEST_NAME, read_json, write_manifest)
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
+from lmforge.tokenizer.spm import copy_tokenizer_files
 
 log = get_logger(__name__)
 
@@ -172,8 +173,6 @@ def save_checkpoint(
     """
     import torch
 
-    from lmforge.tokenizer.spm import copy_tokenizer_files
-
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -229,8 +228,6 @@ def load_checkpoint(ckpt_dir: str | Path, *, model, optimizer, rank: int) -> dic
     decode is reported as a damaged checkpoint, never as a traceback.
     """
     import torch
-
-    from lmforge.artifacts import load_manifest
 
     ckpt = Path(ckpt_dir)
     meta = load_meta(ckpt)

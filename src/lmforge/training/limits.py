@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from lmforge.errors import ConfigError
+from lmforge.model.architecture import count_parameters
 
 GIB = 1 << 30
 
@@ -55,7 +56,6 @@ def check_fits(parts: dict[str, int], device=None, *, hint: str = "") -> None:
 
 
 def check_pretrain_fits(arch, vocab_size: int, seq_length: int, micro_batch: int, device=None) -> None:
-    from lmforge.model.architecture import count_parameters
 
     parts = training_bytes(trainable=count_parameters(arch, vocab_size), frozen=0, layers=arch.num_layers,
                            hidden=arch.hidden_size, vocab=vocab_size, seq=seq_length, micro_batch=micro_batch)

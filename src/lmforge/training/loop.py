@@ -55,9 +55,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-from lmforge.config import spec
+from lmforge.artifacts import atomic_path, atomic_write_json, write_manifest
+from lmforge.config import spec, to_dict
 from lmforge.errors import LmforgeError
-from lmforge.log import get_logger
+from lmforge.log import get_logger, human_count
+from lmforge.tokenizer.spm import copy_tokenizer_files
+from lmforge.training.checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint, loss_window, META_FILE, metrics_lines_up_to,
+                                         restore_rng_state, restored_losses, rotate_checkpoints, save_checkpoint, save_model, step_dir,
+                                         TerminationRequest)
+from lmforge.training.progress import requested_trackers, Trackers, TrainingProgress
+from lmforge.training.step import (compile_in_place, enable_tf32, forward_backward_probe, is_compile_failure, peak_memory_gib,
+                                   probe_micro_batch, resolve_switch, uncompile)
 
 log = get_logger(__name__)
 
@@ -199,8 +207,6 @@ def auto_split(model, cfg: TrainingConfig, seq_length: int, vocab_size: int, acc
     optimizer step still averages the same number of sequences. Off: `cfg` unchanged.
     """
     import dataclasses
-
-    from lmforge.training.step import forward_backward_probe, probe_micro_batch, resolve_switch
 
     device_type = accelerator.device.type
     if not resolve_switch(cfg.auto_micro_batch, auto=device_type == "cuda"):
@@ -384,7 +390,6 @@ class Trainer:
 
     def __init__(self, model, batches, eval_batches, cfg: TrainingConfig, run_dir: Path, accelerator,
                  meta: CheckpointMeta, flops_per_token: float | None):
-        from lmforge.training.step import compile_in_place, enable_tf32, resolve_switch
 
         self.acc = accelerator
         self.cfg = cfg
@@ -481,7 +486,6 @@ class Trainer:
         """
         if self._compile_checked:
             return self._run_micro(batch, scale)
-        from lmforge.training.step import is_compile_failure, uncompile
 
         try:
             return self._run_micro(batch, scale)
@@ -620,7 +624,6 @@ class Trainer:
             self._diverged(int(values[-1]))
 
     def _diverged(self, at_step: int) -> None:
-        from lmforge.training.checkpoint import latest_checkpoint
 
         last = self.checkpoints[-1] if self.checkpoints else None
         last = last or latest_checkpoint(self.run_dir)
@@ -635,9 +638,6 @@ class Trainer:
     # ------------------------------------------------------------ logging
 
     def _log_line(self, record: dict, window_s: float, window_tokens: int, elapsed: float, steps_here: int) -> None:
-        from lmforge.log import human_count
-
-        from lmforge.training.step import peak_memory_gib
 
         tok_s = float(window_tokens) / window_s if window_s > 0 else 0.0
         mfu = None
@@ -668,7 +668,6 @@ class Trainer:
     def _tensorboard(self, scalars: dict, step: int) -> None:
         """Every experiment tracker (lmforge.training.progress.Trackers), TensorBoard included."""
         if self._tb is None:
-            from lmforge.training.progress import Trackers, requested_trackers
 
             asked, optional = requested_trackers(self.cfg.report_to, self.cfg.tensorboard)
             self._tb = Trackers(self.acc, self.run_dir, asked=asked, optional=optional,
@@ -680,7 +679,6 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not (self._main() and path.is_file()):
             return
-        from lmforge.training.checkpoint import metrics_lines_up_to
 
         kept = metrics_lines_up_to(path, step)  # tolerates a line torn by a kill
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -702,8 +700,6 @@ class Trainer:
         self._tensorboard({"eval/loss": result["eval_loss"], "eval/ppl": result["eval_ppl"]}, self.step)
 
     def _meta_json(self) -> dict:
-        from lmforge.training.checkpoint import loss_window
-        from lmforge.config import to_dict
 
         self._flush()
         losses = loss_window(self.prior_losses, self.history, self.cfg.log_every)
@@ -715,8 +711,6 @@ class Trainer:
 
     def _save(self) -> None:
         from accelerate.utils import gather_object
-
-        from lmforge.training.checkpoint import capture_rng_state, rotate_checkpoints, save_checkpoint, step_dir
 
         self._flush()  # raises TrainingDiverged first if the run has tripped: no checkpoint after that
 
@@ -735,9 +729,6 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _export_final(self, figures: dict) -> Path:
-        from lmforge.artifacts import atomic_path, atomic_write_json, write_manifest
-        from lmforge.training.checkpoint import META_FILE, save_model
-        from lmforge.tokenizer.spm import copy_tokenizer_files
 
         final = self.run_dir / "final"
         if self._main():
@@ -762,7 +753,6 @@ class Trainer:
     # ------------------------------------------------------------ resume & fit
 
     def resume(self, ckpt: Path) -> None:
-        from lmforge.training.checkpoint import load_checkpoint, restore_rng_state, restored_losses
 
         state = load_checkpoint(ckpt, model=self.unwrapped, optimizer=self.optimizer, rank=self.acc.process_index)
         meta = state["meta"]
@@ -779,8 +769,6 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         import torch
-
-        from lmforge.training.checkpoint import TerminationRequest
 
         cfg = self.cfg
         stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
@@ -834,7 +822,6 @@ class Trainer:
 
     def _watch(self, stop_at: int):
         """The live bar / periodic lines (lmforge.training.progress); its first line comes before step 1."""
-        from lmforge.training.progress import TrainingProgress
 
         self._tensorboard({}, self.step)    # start the trackers now: a missing one is said before step 1
         peak = self.peak_tflops * 1e12 * self.acc.num_processes if self.peak_tflops else None
@@ -844,7 +831,6 @@ class Trainer:
         return watch
 
     def _recent_loss(self) -> float | None:
-        from lmforge.training.checkpoint import loss_window
 
         losses = loss_window(self.prior_losses, self.history, self.cfg.log_every)
         return sum(losses) / len(losses) if losses else None
@@ -854,7 +840,6 @@ class Trainer:
                    "train_seconds_this_process": round(elapsed, 2), "world_size": self.acc.num_processes,
                    "skipped_steps": sum(1 for h in self.history if h.get("skipped")),
                    "compiled": self.compiled, **self.meta.extra_figures}
-        from lmforge.training.step import peak_memory_gib
 
         vram = peak_memory_gib(self.device_type)
         if vram is not None:

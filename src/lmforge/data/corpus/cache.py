@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from lmforge.artifacts import atomic_write_json, read_json, sha256_json
+from lmforge.artifacts import atomic_write_json, child_dir, read_json, sha256_json
 from lmforge.config import to_dict
-from lmforge.data.decontam import identity as decontam_identity
-from lmforge.data.text_clean import TokenCounter
 from lmforge.data.corpus.schema import BUDGET_TOLERANCE, CorpusConfig, SourceSpec
 from lmforge.data.corpus.shards import read_jsonl_gz
+from lmforge.data.decontam import identity as decontam_identity
+from lmforge.data.text_clean import TokenCounter
 
 # Test-only hook: the process kills itself (SIGKILL) right after committing this many
 # cache parts, to prove that `--use-cache` resumes a run killed during phase 1.
@@ -62,7 +62,6 @@ class SourceCache:
     """cache/NN_name/: part_NNNNN.jsonl.gz (docs with token counts), hashes_NNNNN.u64, state.json."""
 
     def __init__(self, cache_root: Path, index: int, name: str):
-        from lmforge.artifacts import child_dir
 
         # A source name becomes a folder name: "../x" must not lead writes out of the cache.
         self.dir = child_dir(cache_root, f"{index:02d}_{name}", f"sources[{index}].name")

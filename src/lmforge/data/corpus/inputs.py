@@ -6,16 +6,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from lmforge.errors import ArtifactError, DataError
-from lmforge.data.text_clean import TokenCounter
 from lmforge.data.corpus.schema import CorpusConfig, SourceSpec
+from lmforge.data.sources import (expand_paths, mirror_files, resolve_mirror, stream_builtin, stream_files, stream_hub)
+from lmforge.data.text_clean import TokenCounter
+from lmforge.errors import ArtifactError, DataError
+from lmforge.tokenizer.spm import load_tokenizer
 
 
 def token_counter(cfg: CorpusConfig) -> TokenCounter:
     """Exact counts with the config's tokenizer, else the chars/4 estimate."""
     if not cfg.tokenizer_dir:
         return TokenCounter()
-    from lmforge.tokenizer.spm import load_tokenizer
 
     if not Path(cfg.tokenizer_dir).is_dir():
         raise ArtifactError(f"tokenizer directory {cfg.tokenizer_dir} not found: train it first (lmforge tokenizer), "
@@ -25,14 +26,12 @@ def token_counter(cfg: CorpusConfig) -> TokenCounter:
 
 def mirror_dir(flag: str | None) -> Path | None:
     """The local hub mirror: the --mirror flag, else $LMFORGE_MIRROR, else none."""
-    from lmforge.data.sources import resolve_mirror
 
     return resolve_mirror(flag)
 
 
 def preflight(cfg: CorpusConfig, mirror: Path | None) -> None:
     """Fail before any work when a source's files cannot be found."""
-    from lmforge.data.sources import expand_paths, mirror_files
 
     for source in cfg.sources:
         try:
@@ -46,7 +45,6 @@ def preflight(cfg: CorpusConfig, mirror: Path | None) -> None:
 
 def open_source(source: SourceSpec, mirror: Path | None, skips: Counter) -> Iterator[dict]:
     """The raw records of a source; file-level problems are counted in `skips`."""
-    from lmforge.data.sources import stream_builtin, stream_files, stream_hub
 
     if source.type == "hf":
         return stream_hub(source.dataset, source.config, source.split, mirror=mirror, skips=skips)

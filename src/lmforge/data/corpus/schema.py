@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from lmforge.config import config_from_dict, parse_set_overrides, read_config_file, spec, to_dict
+from lmforge.data.builtin_corpus import BUILTIN_CORPORA
 from lmforge.data.decontam import DecontaminationParams
+from lmforge.data.text_clean import CleaningRules, NORMALIZATION_FORMS, TokenCounter
 from lmforge.errors import ConfigError
-from lmforge.data.text_clean import NORMALIZATION_FORMS, CleaningRules, TokenCounter
 
 STAGE = "corpus"
 BUDGET_TOLERANCE = 0.005  # a source within 0.5% of its budget has met it
@@ -40,7 +41,6 @@ class SourceSpec:
         if self.type != "local" and self.paths:
             problems.append(f"source '{self.name}': 'paths' is only for type 'local'")
         if self.type == "builtin":
-            from lmforge.data.builtin_corpus import BUILTIN_CORPORA
 
             if (self.dataset or "python_stdlib") not in BUILTIN_CORPORA:
                 problems.append(f"source '{self.name}': unknown built-in corpus {self.dataset!r} "
