@@ -4,6 +4,8 @@ tokenizer mismatches stop; `lmforge eval-sft` writes its results."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -273,6 +275,48 @@ def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatc
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, merged, atol=1e-4)
     assert tok.sha256 == json.loads((moved / BASE_FILE).read_text())["tokenizer_sha256"]
+
+    # PEFT alone cannot follow a move (it resolves the path against the cwd, see lmforge.adapter) ...
+    with pytest.raises(OSError):
+        AutoPeftModelForCausalLM.from_pretrained(str(moved))
+    # ... until the documented one-liner points the adapter at the base beside it again.
+    relinked = subprocess.run([sys.executable, "-m", "lmforge.adapter", str(moved)], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert relinked.returncode == 0, relinked.stderr
+    config = json.loads((moved / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "moved/checkpoints/pretrain/base/final").resolve())
+    load_manifest(moved.parent, "sft", verify="sha256")  # the manifest follows the rewritten files
+    assert str(moved) in (moved / "README.md").read_text()  # the card's load snippet names the new place
+    with torch.no_grad():
+        peft_logits = AutoPeftModelForCausalLM.from_pretrained(str(moved)).merge_and_unload()(ids).logits
+    assert torch.allclose(peft_logits, merged, atol=1e-4)
+
+
+def test_relink_refuses_a_base_it_cannot_find_or_with_another_tokenizer(setup, trained, tmp_path):
+    """`python -m lmforge.adapter`: one error line and exit 2 when the base is gone or is not the adapter's."""
+    import shutil
+    import subprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "final", run / "final")
+    adapter = run / "final/adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")  # as after the base alone was moved away
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    (adapter / "base_model.json").write_text(json.dumps({"relative_to_adapter": "../../../gone", "absolute": "x",
+                                                         "tokenizer_sha256": "a" * 64}))
+    other = tmp_path / "other_base"
+    shutil.copytree(setup["base"], other)
+
+    def relink(*extra):
+        return subprocess.run([sys.executable, "-m", "lmforge.adapter", str(adapter), *extra], capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    for proc, says in ((relink(), "base model not found"), (relink("--base", str(other)), "tokenizer")):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and says in errors[0], proc.stderr
+    assert json.loads((adapter / "adapter_config.json").read_text()) == config  # nothing half-written
 
 
 def test_model_cards_describe_final_and_adapter(setup, trained):

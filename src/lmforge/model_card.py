@@ -291,7 +291,9 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
              f"`adapter_config.json` records the base by absolute path (`{base}`), so PEFT loads it from any working "
              f"directory; `{BASE_FILE}` records it relative to this directory "
              f"(`{base_record.get('relative_to_adapter', '?')}`), which `lmforge.load_model` uses after the run "
-             "was moved. Tokenizer sha256 of the base: "
+             "was moved. PEFT itself resolves that path against the working directory only, so after moving the "
+             f"runs run `python -m lmforge.adapter {path}` (new path) once: it rewrites the absolute path from the "
+             "relative one (or from `--base DIR`) and PEFT alone works again. Tokenizer sha256 of the base: "
              f"`{base_record.get('tokenizer_sha256') or manifest.get('tokenizer_sha256')}`.", ""]
     lines += _training_section("sft", manifest)
     lines += _data_section(rows)
@@ -304,7 +306,8 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
               'return_tensors="pt", return_dict=True)',
               "out = model.generate(**inputs, max_new_tokens=128)",
               'print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```", "",
-              f"After a move: `model, tok = lmforge.load_model({path!r})`.", ""]
+              f"After a move: `model, tok = lmforge.load_model({path!r})` (no rewrite needed), or relink as above "
+              "for PEFT alone.", ""]
     return "\n".join(lines)
 
 
