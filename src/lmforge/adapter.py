@@ -65,8 +65,9 @@ def resolve_base(adapter_dir: str | os.PathLike) -> Path:
     recorded = config.get("base_model_name_or_path")
     candidates = [Path(recorded)] if recorded and Path(recorded).is_absolute() else []
     sidecar = adapter / BASE_FILE
-    if sidecar.is_file():
-        candidates.append(adapter / read_json(sidecar, "adapter base record")["relative_to_adapter"])
+    relative = read_json(sidecar, "adapter base record").get("relative_to_adapter") if sidecar.is_file() else None
+    if relative:
+        candidates.append(adapter / relative)
     elif recorded and not Path(recorded).is_absolute():
         candidates.append(Path(recorded))  # an adapter saved by PEFT alone: cwd-relative, as PEFT reads it
     for candidate in candidates:
@@ -76,8 +77,8 @@ def resolve_base(adapter_dir: str | os.PathLike) -> Path:
                             "find it: run `%s`", adapter, candidate.resolve(), recorded, RELINK_HINT.format(adapter))
             return candidate.resolve()
     tried = ", ".join(str(c) for c in candidates) or "nothing recorded"
-    raise ArtifactError(f"{adapter}: base model not found (tried {tried}); move it back or load it "
-                        "yourself and use PeftModel.from_pretrained(base, adapter)")
+    raise ArtifactError(f"{adapter}: base model not found (tried {tried}); move it back, or point the adapter "
+                        f"at it with `{RELINK_HINT.format(adapter)} --base DIR`")
 
 
 def load_adapter_model(adapter_dir: str | os.PathLike, *, base_dir: str | os.PathLike | None = None, dtype=None):
@@ -184,7 +185,8 @@ def main(args) -> int:
 if __name__ == "__main__":  # `python -m lmforge.adapter DIR`: the lmforge CLI's errors and exit codes
     import sys
 
-    from .cli import COMMANDS, main as cli_main
+    from .cli import COMMANDS
+    from .cli import main as cli_main
 
     COMMANDS.setdefault("relink-adapter", ("lmforge.adapter", "after a move: point a LoRA adapter at its base again"))
     sys.exit(cli_main(["relink-adapter", *sys.argv[1:]]))
