@@ -291,8 +291,9 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
              f"`adapter_config.json` records the base by absolute path (`{base}`), so PEFT loads it from any working "
              f"directory; `{BASE_FILE}` records it relative to this directory "
              f"(`{base_record.get('relative_to_adapter', '?')}`), which `lmforge.load_model` uses after the run "
-             "was moved. PEFT itself resolves that path against the working directory only, so after moving the "
-             f"runs run `python -m lmforge.adapter {path}` (new path) once: it rewrites the absolute path from the "
+             "was moved. PEFT itself reads only `adapter_config.json` (a relative path there would be taken from "
+             "the working directory, not from this folder), so after moving the runs, run "
+             f"`python -m lmforge.adapter {path}` (with the new path) once: it rewrites the absolute path from the "
              "relative one (or from `--base DIR`) and PEFT alone works again. Tokenizer sha256 of the base: "
              f"`{base_record.get('tokenizer_sha256') or manifest.get('tokenizer_sha256')}`.", ""]
     lines += _training_section("sft", manifest)
