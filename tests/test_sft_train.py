@@ -4,6 +4,8 @@ tokenizer mismatches stop; `lmforge eval-sft` writes its results."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ from test_sft_data import alpaca_records, write_jsonl
 from conftest import make_base_model_dir, make_tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses run this checkout's lmforge, whatever the editable install points at.
+ENV = {**os.environ, "PYTHONPATH": str(Path(__import__("lmforge").__file__).resolve().parents[1]),
+       "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 TRAIN_CFG = {
     "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
@@ -117,6 +122,41 @@ def test_resume_is_exact(setup, trained):
     mtime = (out / "final" / "manifest.json").stat().st_mtime_ns
     assert cli(sft_args(setup, out)) == 0
     assert (out / "final" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_ctrl_c_saves_an_adapter_checkpoint_and_the_same_command_resumes(setup, tmp_path):
+    """Issue 13 leftover, SFT side: SIGINT to a real `lmforge sft` stops at a step boundary with a
+    resumable step_N/ (adapter weights), and the same command continues from it."""
+    import signal
+    import subprocess
+    import time
+
+    from lmforge.checkpoint import latest_checkpoint, load_meta
+
+    out = tmp_path / "run"
+    # max_steps: far more than run before the signal, few enough that the planned data mix is quick to compute
+    cmd = [sys.executable, "-m", "lmforge.cli", *sft_args(setup, out, "--set", "training.max_steps=5000",
+                                                           "--set", "training.save_every=0")]
+    cmd[cmd.index("--log-level") + 1] = "INFO"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").stat().st_size:
+        assert time.time() < deadline and proc.poll() is None, "training never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGINT (Ctrl-C) after step" in errors[0], err[-2000:]
+    ckpt = latest_checkpoint(out)
+    stopped_at = load_meta(ckpt)["step"]
+    assert (ckpt / "adapter_model.safetensors").is_file() and not (out / "final").exists()
+
+    again = subprocess.run([*cmd, "--set", f"training.stop_after_steps={stopped_at + 1}"], capture_output=True,
+                           text=True, env=ENV, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from {ckpt}: step {stopped_at}" in again.stderr
+    assert load_meta(latest_checkpoint(out))["step"] == stopped_at + 1
 
 
 def test_tokenizer_mismatch_stops(setup, tiny_texts, capsys, tmp_path):
@@ -273,6 +313,48 @@ def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatc
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, merged, atol=1e-4)
     assert tok.sha256 == json.loads((moved / BASE_FILE).read_text())["tokenizer_sha256"]
+
+    # PEFT alone cannot follow a move (it resolves the path against the cwd, see lmforge.model.adapter) ...
+    with pytest.raises(OSError):
+        AutoPeftModelForCausalLM.from_pretrained(str(moved))
+    # ... until the documented one-liner points the adapter at the base beside it again.
+    relinked = subprocess.run([sys.executable, "-m", "lmforge.cli", "relink-adapter", str(moved)], capture_output=True, text=True,
+                              env=ENV, check=False)
+    assert relinked.returncode == 0, relinked.stderr
+    config = json.loads((moved / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "moved/checkpoints/pretrain/base/final").resolve())
+    load_manifest(moved.parent, "sft", verify="sha256")  # the manifest follows the rewritten files
+    assert str(moved) in (moved / "README.md").read_text()  # the card's load snippet names the new place
+    with torch.no_grad():
+        peft_logits = AutoPeftModelForCausalLM.from_pretrained(str(moved)).merge_and_unload()(ids).logits
+    assert torch.allclose(peft_logits, merged, atol=1e-4)
+
+
+def test_relink_refuses_a_base_it_cannot_find_or_with_another_tokenizer(setup, trained, tmp_path):
+    """`lmforge relink-adapter`: one error line and exit 2 when the base is gone or is not the adapter's."""
+    import shutil
+    import subprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "final", run / "final")
+    adapter = run / "final/adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")  # as after the base alone was moved away
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    (adapter / "base_model.json").write_text(json.dumps({"relative_to_adapter": "../../../gone", "absolute": "x",
+                                                         "tokenizer_sha256": "a" * 64}))
+    other = tmp_path / "other_base"
+    shutil.copytree(setup["base"], other)
+
+    def relink(*extra):
+        return subprocess.run([sys.executable, "-m", "lmforge.cli", "relink-adapter", str(adapter), *extra], capture_output=True,
+                              text=True, env=ENV, check=False)
+
+    for proc, says in ((relink(), "base model not found"), (relink("--base", str(other)), "tokenizer")):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and says in errors[0], proc.stderr
+    assert json.loads((adapter / "adapter_config.json").read_text()) == config  # nothing half-written
 
 
 def test_model_cards_describe_final_and_adapter(setup, trained):

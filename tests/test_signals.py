@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 
 def _wait_for(path: Path, seconds: float = 60) -> None:
     deadline = time.time() + seconds
-    while not path.exists():
+    while not path.exists() or not path.stat().st_size:  # written, not just created
         assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.05)
 
@@ -114,3 +114,64 @@ def test_sigterm_during_training_saves_a_checkpoint_and_says_so(tmp_path, tiny_t
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and str(ckpt) in errors[0]
     assert load_meta(ckpt)["step"] >= 1 and not (run / "final").exists()
+
+
+def _pretrain_cmd(tmp_path: Path, tiny_tokenizer: Path, tiny_packed: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lmforge.cli", "pretrain", "--config", str(tmp_path / "t.json"),
+            "--data_dirs", str(tiny_packed), "--tokenizer_dir", str(tiny_tokenizer),
+            "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_tokenizer,
+                                                                                 tiny_packed):
+    """Issue 13 leftover: SIGINT (Ctrl-C) stops at a step boundary with a checkpoint, like SIGTERM; a rerun
+    of the same command (time-sliced with --stop_after_steps, which is not part of the run's identity)
+    continues from that checkpoint instead of starting over."""
+    from lmforge.checkpoint import latest_checkpoint, load_meta
+
+    atomic_write_json(tmp_path / "arch.json", ARCH)
+    atomic_write_json(tmp_path / "t.json", {"architecture": str(tmp_path / "arch.json"), "training": {
+        "max_steps": 100000, "per_device_batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 0,
+        "eval_batches": 1, "log_every": 1, "save_every": 0, "tensorboard": False}})
+    run = tmp_path / "out" / "micro"
+    proc = subprocess.Popen(_pretrain_cmd(tmp_path, tiny_tokenizer, tiny_packed), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for(run / "metrics.jsonl", 120)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "press Ctrl-C again to abort" in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGINT (Ctrl-C) after step" in errors[0], err[-2000:]
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and str(ckpt) in errors[0] and not (run / "final").exists()
+    stopped_at = load_meta(ckpt)["step"]
+    assert stopped_at >= 1
+
+    again = subprocess.run(_pretrain_cmd(tmp_path, tiny_tokenizer, tiny_packed, "--stop_after_steps",
+                                         str(stopped_at + 2)), capture_output=True, text=True, env=ENV, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from {ckpt}: step {stopped_at}" in again.stderr
+    assert load_meta(latest_checkpoint(run))["step"] == stopped_at + 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line) and "eval_loss" not in json.loads(line)]
+    assert steps == list(range(1, stopped_at + 3))  # continued where it stopped: no step redone, none lost
+
+
+def test_a_second_ctrl_c_aborts_at_once():
+    """The first Ctrl-C only asks for a checkpoint; a second one raises KeyboardInterrupt right away
+    and gives back the handlers that were there before."""
+    from lmforge.checkpoint import TerminationRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    request = TerminationRequest().install()
+    assert signal.getsignal(signal.SIGINT) == request._handle
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)  # the handler runs in the main thread at the next bytecode
+    assert request.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is not request._handle

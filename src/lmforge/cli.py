@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-sft": ("lmforge.stages.eval_sft", "step 9: SFT perplexity, BoolQ, smoke tests"),
     "chat": ("lmforge.model.chat", "interactive ChatML chat with a model"),
     "export": ("lmforge.model.gguf_export", "export a model for llama.cpp / Ollama (GGUF, f16 or q8_0)"),
+    "relink-adapter": ("lmforge.model.relink", "after a move: point a LoRA adapter at its base again (for PEFT)"),
     "verify": ("lmforge.pipeline.verify", "check tokenizer lineage across run directories"),
     "run": ("lmforge.pipeline.run", "run a whole pipeline file, skipping up-to-date stages"),
     "report": ("lmforge.pipeline.report", "regenerate REPORT.md for a pipeline run directory"),

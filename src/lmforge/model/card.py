@@ -290,7 +290,10 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
              f"`adapter_config.json` records the base by absolute path (`{base}`), so PEFT loads it from any working "
              f"directory; `{BASE_FILE}` records it relative to this directory "
              f"(`{base_record.get('relative_to_adapter', '?')}`), which `lmforge.load_model` uses after the run "
-             "was moved. Tokenizer sha256 of the base: "
+             "was moved. PEFT itself reads only `adapter_config.json` (a relative path there would be taken from "
+             "the working directory, not from this folder), so after moving the runs, run "
+             f"`lmforge relink-adapter {path}` (with the new path) once: it rewrites the absolute path from the "
+             "relative one (or from `--base DIR`) and PEFT alone works again. Tokenizer sha256 of the base: "
              f"`{base_record.get('tokenizer_sha256') or manifest.get('tokenizer_sha256')}`.", ""]
     lines += _training_section("sft", manifest)
     lines += _data_section(rows)
@@ -303,7 +306,8 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
               'return_tensors="pt", return_dict=True)',
               "out = model.generate(**inputs, max_new_tokens=128)",
               'print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```", "",
-              f"After a move: `model, tok = lmforge.load_model({path!r})`.", ""]
+              f"After a move: `model, tok = lmforge.load_model({path!r})` (no rewrite needed), or relink as above "
+              "for PEFT alone.", ""]
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ rest loads with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import shutil
@@ -282,21 +283,31 @@ def metrics_lines_up_to(path: Path, step: int) -> list[str]:
     return kept
 
 
-# ---------------------------------------------------------------- preemption (SIGTERM)
+# ---------------------------------------------------------------- preemption (SIGTERM, Ctrl-C)
 
 class Terminated(ArtifactError):
-    """Training stopped on SIGTERM after saving a checkpoint (exit 143, as for the signal)."""
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint (exit 128 + the signal's
+    number, as a shell reports a process killed by it: 143 for SIGTERM, 130 for Ctrl-C)."""
 
     exit_code = 143
 
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
 
 class TerminationRequest:
-    """SIGTERM during training: finish the current step, save a checkpoint, stop.
+    """SIGTERM or a first Ctrl-C during training: finish the current step, save a checkpoint, stop.
 
     The handler only sets a flag; the loop checks it at each step boundary
-    (`should_stop`), so a preempted job loses less than one step. With several
-    processes the flag is max-reduced, so every rank stops at the same step.
+    (`should_stop`), so a preempted or interrupted job loses less than one step. With
+    several processes the flag is max-reduced, so every rank stops at the same step.
+    A second Ctrl-C means "now": the previous handlers come back and KeyboardInterrupt
+    is raised at once (the CLI says "interrupted", exit 130; the last saved checkpoint,
+    and any half-written one's temp folder, are dealt with by the next run).
     """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -307,11 +318,32 @@ class TerminationRequest:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
-        self.signum = signum
+        import signal
+
+        if signum == signal.SIGINT and self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt  # the second request, and it is a Ctrl-C: abort now
+        if self.signum is None:
+            self.signum = signum
+            if signum == signal.SIGINT and os.environ.get("RANK", "0") == "0":
+                # Said at once (the step may take a while), with a raw write: logging or print
+                # from a signal handler can re-enter a stream the loop was writing to.
+                os.write(2, b"\nCtrl-C: saving a checkpoint after this step, then stopping "
+                            b"(press Ctrl-C again to abort without saving)\n")
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before `install`."""
+        import signal
+
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous = {}
 
     def should_stop(self, accelerator) -> bool:
         if accelerator.num_processes == 1:
@@ -322,12 +354,12 @@ class TerminationRequest:
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def finish(self, step: int, max_steps: int, run_dir: Path) -> None:
-        """Restore the previous handler; raise Terminated when the run stopped on the signal."""
+        """Restore the previous handlers; raise Terminated when the run stopped on a signal."""
         import signal
 
-        for sig, old in self._previous.items():
-            signal.signal(sig, old)
-        self._previous = {}
+        self.restore()
         if self.signum is not None and step < max_steps:
-            raise Terminated(f"stopped by SIGTERM after step {step}: checkpoint {step_dir(run_dir, step)} saved; "
-                             "rerun the same command to continue from it")
+            name = signal.Signals(self.signum).name
+            raise Terminated(f"stopped by {name}{' (Ctrl-C)' if name == 'SIGINT' else ''} after step {step}: "
+                             f"checkpoint {step_dir(run_dir, step)} saved; rerun the same command to continue "
+                             "from it", self.signum)

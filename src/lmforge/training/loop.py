@@ -768,11 +768,20 @@ class Trainer:
             log.info("resumed from %s: step %d, %s tokens seen", ckpt, self.step, f"{self.tokens_seen:,}")
 
     def fit(self) -> TrainResult:
+        # SIGTERM or a first Ctrl-C: checkpoint at the next step boundary, then stop (a second Ctrl-C aborts)
+        stop_request = TerminationRequest().install()
+        try:
+            return self._fit(stop_request)
+        finally:
+            # Always: a handler left behind would outlive the run (a worker process forked
+            # later inherits it and then ignores SIGTERM, hanging its pool's shutdown).
+            stop_request.restore()
+
+    def _fit(self, stop_request: TerminationRequest) -> TrainResult:
         import torch
 
         cfg = self.cfg
         stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
-        sigterm = TerminationRequest().install()  # SIGTERM: checkpoint at the next step boundary, then stop
         self.model.train()
         start = time.perf_counter()
         window_start, window_tokens, steps_here = start, 0, 0
@@ -798,7 +807,7 @@ class Trainer:
                     self._evaluate()
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self._save()
-                if sigterm.should_stop(self.acc):
+                if stop_request.should_stop(self.acc):
                     break
             self._flush()
         except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):  # torch < 2.5 has only the latter
@@ -814,7 +823,7 @@ class Trainer:
             self._save()  # stopped early on purpose: leave a checkpoint to resume from
         if self._tb is not None:
             self._tb.finish()
-        sigterm.finish(self.step, cfg.max_steps, self.run_dir)
+        stop_request.finish(self.step, cfg.max_steps, self.run_dir)
         return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
                            final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
                            checkpoints=list(self.checkpoints), history=self.history,
