@@ -127,7 +127,7 @@ def mirror() -> Path:
     return found
 
 
-# ---------------------------------------------------------------- SFT fixtures (issue 7)
+# ---------------------------------------------------------------- SFT fixtures
 
 def make_base_model_dir(out: Path, tokenizer_dir: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
     """A tiny Llama base model as `lmforge pretrain` exports final/: HF weights, tokenizer files, manifest."""
@@ -156,7 +156,7 @@ def tiny_base_model(tmp_path_factory, tiny_tokenizer) -> Path:
     return make_base_model_dir(tmp_path_factory.mktemp("base_model"), tiny_tokenizer)
 
 
-# ---------------------------------------------------------------- pretraining fixtures (issue 5)
+# ---------------------------------------------------------------- pretraining fixtures
 
 def make_packed_dir(out: Path, tokenizer_dir: Path, texts: list[str], seq_length: int = 32,
                     val_every: int = 10) -> Path:

@@ -63,7 +63,7 @@ def test_chat_session_over_a_pty(tiny_base_model, loaded):
     assert child.exitstatus == 0
 
 
-# ---------------------------------------------------------------- incremental decoding (issue 17)
+# ---------------------------------------------------------------- incremental decoding
 
 MULTIBYTE = ["naïve café, déjà vu, Ærøskøbing", "中文字符和日本語のテキスト", "emoji 🙂🚀 and 👩‍💻 too",
              "mixed: Größe 東京 ✓ façade 🎉 end"]

@@ -1,4 +1,4 @@
-"""Issue 13, items 6-8: the config loader and the record parsers never raise a traceback.
+"""The config loader and the record parsers never raise a traceback.
 
 Each case named in the issue is reproduced first; then a seeded fuzz pass mutates the
 real configs of the repository and real-looking records a few hundred times. Every

@@ -1,4 +1,4 @@
-"""Issue 13, item 3/4: inputs are checked by content, not just by size.
+"""Inputs are checked by content, not just by size.
 
 Packed files and tokenizer files are hashed on first use against their manifest (the
 result cached by size/mtime/inode, so a rerun does not rehash), token ids are

@@ -1,4 +1,4 @@
-"""Issue 13, items 5 and 6: damaged checkpoints give one error line, and the reported
+"""Damaged checkpoints give one error line, and the reported
 final loss survives a resume.
 
 A run is trained once (module fixture) with a checkpoint every step; each test works

@@ -1,4 +1,4 @@
-"""Issue 13, items 2 and 8: no writes outside the output, one writer per directory,
+"""No writes outside the output, one writer per directory,
 and leftovers of killed writers cleaned up by the stage that owns them."""
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_cli_trains_exports_a_hf_model_and_skips_when_up_to_date(tmp_path, hf_to
         assert torch.allclose(hf_model(ids).logits, ours(ids).logits, atol=1e-5)
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.bos_token == "<s>" and tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
-    # Issue 16: stops at the end of a ChatML turn, the one template, the model's context (not the tokenizer's 32).
+    # stops at the end of a ChatML turn, the one template, the model's context (not the tokenizer's 32).
     from lmforge.data.chatml import CHAT_TEMPLATE
 
     assert hf_model.generation_config.eos_token_id == [2, 5]

@@ -1,4 +1,4 @@
-"""Issue 13, item 1: lmforge never runs code from a model folder and never unpickles weights.
+"""lmforge never runs code from a model folder and never unpickles weights.
 
 A model directory with an unknown `model_type` and an `auto_map` once made `lmforge chat`
 ask "Do you wish to run the custom code?" (and run it on "y"); without a terminal, chat

@@ -125,13 +125,13 @@ def test_resume_is_exact(setup, trained):
 
 
 def test_ctrl_c_saves_an_adapter_checkpoint_and_the_same_command_resumes(setup, tmp_path):
-    """Issue 13 leftover, SFT side: SIGINT to a real `lmforge sft` stops at a step boundary with a
+    """SIGINT to a real `lmforge sft` stops at a step boundary with a
     resumable step_N/ (adapter weights), and the same command continues from it."""
     import signal
     import subprocess
     import time
 
-    from lmforge.checkpoint import latest_checkpoint, load_meta
+    from lmforge.training.checkpoint import latest_checkpoint, load_meta
 
     out = tmp_path / "run"
     # max_steps: far more than run before the signal, few enough that the planned data mix is quick to compute
@@ -195,7 +195,7 @@ def test_eval_sft_results(setup, trained, tmp_path, capsys):
     assert [g["case"] for g in gens] == ["capital_france", "primary_colors"]
     assert load_manifest(out_file.parent, "eval-sft")["figures"]["smoke_quality"] == results["smoke"]["quality_score"]
     assert "✅ SFT evaluation complete" in capsys.readouterr().out
-    # Issue 16: the model card now carries these results beside the plan's reference range.
+    # the model card now carries these results beside the plan's reference range.
     card = (trained / "final" / "README.md").read_text()
     quality = results["smoke"]["quality_score"]
     assert f"| smoke_quality (eval-sft) | {quality:.4g} | 0.65–0.8 | `{out_file.resolve()}` |" in card
@@ -231,7 +231,7 @@ def messages_of(tok, ids) -> list[dict]:
 
 
 def test_chat_template_reproduces_every_stored_training_example(setup, trained):
-    """Issue 16: the template in final/ (and in the tokenizer dir) gives the very ids sft-data stored."""
+    """the template in final/ (and in the tokenizer dir) gives the very ids sft-data stored."""
     from transformers import AutoTokenizer
 
     from lmforge.data.sft_dataset import SFTSplit
@@ -275,7 +275,7 @@ def test_generate_stops_at_im_end_and_context_is_the_models(trained):
 
 
 def test_adapter_loads_from_any_cwd_and_after_a_move(setup, tmp_path, monkeypatch):
-    """Issue 16: AutoPeftModelForCausalLM from another working directory; lmforge.load_model after `mv`."""
+    """AutoPeftModelForCausalLM from another working directory; lmforge.load_model after `mv`."""
     import shutil
     import subprocess
 
@@ -358,7 +358,7 @@ def test_relink_refuses_a_base_it_cannot_find_or_with_another_tokenizer(setup, t
 
 
 def test_model_cards_describe_final_and_adapter(setup, trained):
-    """Issue 16: README.md in final/ and adapter/ with hub metadata, shape, data token counts, sha256, usage."""
+    """README.md in final/ and adapter/ with hub metadata, shape, data token counts, sha256, usage."""
     from transformers import AutoModelForCausalLM
 
     final = trained / "final"

@@ -1,4 +1,4 @@
-"""Issue 13, item 9-10: signals. `lmforge run` passes SIGTERM on to its stage and records
+"""Signals: `lmforge run` passes SIGTERM and SIGINT on to its stage and records
 the outcome; a stage dies with its runner (even on kill -9); SIGTERM during training saves
 a checkpoint at the next step boundary and exits with one clear line."""
 
@@ -124,10 +124,10 @@ def _pretrain_cmd(tmp_path: Path, tiny_tokenizer: Path, tiny_packed: Path, *extr
 
 def test_ctrl_c_during_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_tokenizer,
                                                                                  tiny_packed):
-    """Issue 13 leftover: SIGINT (Ctrl-C) stops at a step boundary with a checkpoint, like SIGTERM; a rerun
+    """SIGINT (Ctrl-C) stops at a step boundary with a checkpoint, like SIGTERM; a rerun
     of the same command (time-sliced with --stop_after_steps, which is not part of the run's identity)
     continues from that checkpoint instead of starting over."""
-    from lmforge.checkpoint import latest_checkpoint, load_meta
+    from lmforge.training.checkpoint import latest_checkpoint, load_meta
 
     atomic_write_json(tmp_path / "arch.json", ARCH)
     atomic_write_json(tmp_path / "t.json", {"architecture": str(tmp_path / "arch.json"), "training": {
@@ -163,7 +163,7 @@ def test_ctrl_c_during_training_saves_a_checkpoint_and_the_same_command_resumes(
 def test_a_second_ctrl_c_aborts_at_once():
     """The first Ctrl-C only asks for a checkpoint; a second one raises KeyboardInterrupt right away
     and gives back the handlers that were there before."""
-    from lmforge.checkpoint import TerminationRequest
+    from lmforge.training.checkpoint import TerminationRequest
 
     before = signal.getsignal(signal.SIGINT)
     request = TerminationRequest().install()

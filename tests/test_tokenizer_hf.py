@@ -78,7 +78,7 @@ def test_chat_template_renders_chatml_with_the_same_ids(pair):
     sp, hf = pair
     messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
     text = hf.apply_chat_template(messages, tokenize=False)
-    # One template everywhere (issue 16): the SFT training rendering, <s> first.
+    # One template everywhere: the SFT training rendering, <s> first.
     assert text == "<s><|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4.<|im_end|>\n"
     ids = hf.apply_chat_template(messages[:1], tokenize=True, add_generation_prompt=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids

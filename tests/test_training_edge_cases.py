@@ -1,4 +1,4 @@
-"""Issue 13, item 11 (found in review): torch without `torch.OutOfMemoryError` (2.4)
+"""torch without `torch.OutOfMemoryError` (2.4)
 must not turn every training error into an AttributeError, and with several ranks a
 rank that has no SFT eval batches must still join the loss reduce."""
 
