@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ConfigError
-from lmforge.data.sft_dataset import IGNORE_INDEX, SFTSplit, SplitWriter, WeightedBatches, collate, normalise_weights
+from lmforge.data.sft_batches import WeightedBatches, collate
+from lmforge.data.loader import normalise_weights
+from lmforge.data.sft_dataset import IGNORE_INDEX, SFTSplit, SplitWriter
 
 
 def make_split(root, n: int, marker: int):

@@ -63,7 +63,8 @@ def trained(setup):
 def val_nll(model_dir, data_dirs):
     from transformers import AutoModelForCausalLM
 
-    from lmforge.data.sft_dataset import SFTSplit, iter_eval_batches
+    from lmforge.data.sft_batches import iter_eval_batches
+    from lmforge.data.sft_dataset import SFTSplit
     from lmforge.evaluation.sft_suite import assistant_nll
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

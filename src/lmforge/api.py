@@ -18,8 +18,9 @@ import argparse
 import os
 from pathlib import Path
 from typing import Sequence
+
 from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
-from lmforge.model.chat import generate_reply, load_chat_model, Sampling
+from lmforge.model.chat import Sampling, generate_reply, load_chat_model
 from lmforge.model.external import load_external_tokenizer
 from lmforge.pipeline.run import main
 from lmforge.tokenizer.format import MODEL_FILE

@@ -42,7 +42,7 @@ from lmforge.config import spec
 from lmforge.data.sources import mirror_files, stream_files
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation.datasets import load_boolq, load_wikitext
-from lmforge.evaluation.zeroshot_tasks import record_text, TASKS
+from lmforge.evaluation.zeroshot_tasks import TASKS, record_text
 from lmforge.log import get_logger
 
 log = get_logger(__name__)

@@ -23,6 +23,7 @@ import numpy as np
 
 from lmforge.data.indexed import IndexedDataset
 from lmforge.data.packed import load_packed_manifest, open_packed
+from lmforge.data.sampler import SourceMixture
 from lmforge.errors import ArtifactError, ConfigError
 
 
@@ -91,35 +92,26 @@ class PackedBatches:
         self.weights = normalise_weights(weights, len(splits))
         self.micro_batch, self.accumulation = micro_batch, accumulation
         self.rank, self.world, self.seed = rank, world, seed
-        self.samples = 0                      # global samples consumed (all ranks)
-        self.per_source = [0] * len(splits)   # samples taken from each source
+        self.mixture = SourceMixture([len(s) for s in splits], self.weights, seed)  # exact shares, seeded orders
         self._pending: list[dict] = []
-        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def samples(self) -> int:
+        """Global samples consumed (all ranks)."""
+        return sum(self.mixture.taken)
+
+    @property
+    def per_source(self) -> list[int]:
+        """Samples taken from each source."""
+        return list(self.mixture.taken)
 
     @property
     def global_batch(self) -> int:
         return self.micro_batch * self.accumulation * self.world
 
-    def _permutation(self, source: int, epoch: int) -> np.ndarray:
-        key = (source, epoch)
-        if key not in self._perm_cache:
-            self._perm_cache = {k: v for k, v in self._perm_cache.items() if k[0] != source}
-            rng = np.random.default_rng([self.seed, source, epoch])
-            self._perm_cache[key] = rng.permutation(len(self.splits[source]))
-        return self._perm_cache[key]
-
     def _next_global(self) -> list[tuple[int, int]]:
         """(source, row) for the next global batch, advancing the counters."""
-        picks = []
-        for _ in range(self.global_batch):
-            target = self.samples + 1
-            source = max(range(len(self.splits)), key=lambda i: (self.weights[i] * target - self.per_source[i], -i))
-            n = len(self.splits[source])
-            count = self.per_source[source]
-            picks.append((source, int(self._permutation(source, count // n)[count % n])))
-            self.per_source[source] += 1
-            self.samples += 1
-        return picks
+        return [self.mixture.take(self.mixture.smooth_weighted_choice()) for _ in range(self.global_batch)]
 
     def __iter__(self) -> "PackedBatches":
         return self
@@ -144,8 +136,7 @@ class PackedBatches:
         if state.get("sources") != [len(s) for s in self.splits]:
             raise ArtifactError(f"the checkpoint's data position was recorded for sources of sizes {state.get('sources')}, "
                                 f"but the data given now has {[len(s) for s in self.splits]}: resume with the same --data_dirs")
-        self.samples = int(state["samples"])
-        self.per_source = [int(c) for c in state["per_source"]]
+        self.mixture.taken = [int(c) for c in state["per_source"]]
         self._pending = []
 
     def epochs(self, steps: int) -> list[float]:
@@ -199,9 +190,8 @@ class Prefetcher:
         self._start()
 
     def _start(self) -> None:
-        import threading
-
         import queue
+        import threading
 
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.depth)

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 from lmforge.artifacts import cached_file_fact, check_tokenizer_lineage, load_manifest
-from lmforge.errors import ArtifactError
 from lmforge.data.indexed import IndexedDataset
+from lmforge.errors import ArtifactError
 
 SPLITS = ("train", "val")
 

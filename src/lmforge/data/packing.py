@@ -22,13 +22,12 @@ from itertools import chain, compress
 from pathlib import Path
 from typing import Iterator, Literal
 
-from lmforge.artifacts import (MANIFEST_NAME, prepare_output_dir, read_json, sha256_file)
+from lmforge.artifacts import MANIFEST_NAME, prepare_output_dir, read_json, sha256_file
 from lmforge.config import spec
-from lmforge.data.indexed import all_or_nothing, IndexedWriter, smallest_token_dtype
+from lmforge.data.indexed import IndexedWriter, all_or_nothing, smallest_token_dtype
 from lmforge.errors import ArtifactError, ConfigError, DataError, LineageError
 from lmforge.log import get_logger, progress
 from lmforge.tokenizer.piecewise import DEFAULT_PIECE_CHARS, PiecewiseEncoder
-
 
 STAGE = "pack"
 SPLITS = ("train", "val")

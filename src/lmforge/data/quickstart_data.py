@@ -34,19 +34,26 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import time
 import re
 import sys
+import time
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_path, atomic_write_json, atomic_write_text, load_manifest, prepare_output_dir,
-                               verify_file, write_manifest)
-from lmforge.cli import add_flag_aliases, Parser
+from lmforge.artifacts import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    load_manifest,
+    prepare_output_dir,
+    verify_file,
+    write_manifest,
+)
+from lmforge.cli import Parser, add_flag_aliases
 from lmforge.config import config_from_dict, load_config, parse_set_overrides, spec, to_dict
 from lmforge.data.corpus.shards import read_jsonl_gz
 from lmforge.errors import LmforgeError
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import setup_logging
+from lmforge.pipeline.stage import StagePlan, run_stage
 
 STAGE = "quickstart-data"
 MIRROR_FILES = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from lmforge.data.chatml import encode_prompt
-from lmforge.evaluation.loglikelihood import encode_pair, Request, score_requests
+from lmforge.evaluation.loglikelihood import Request, encode_pair, score_requests
 
 CHOICES = ("no", "yes")  # index = label: 0 = no, 1 = yes
 

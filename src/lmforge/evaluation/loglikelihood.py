@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from lmforge.log import get_logger, progress
 from lmforge.evaluation.perplexity import rolling_windows
+from lmforge.log import get_logger, progress
 
 log = get_logger(__name__)
 

@@ -10,19 +10,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_open, atomic_write_json, atomic_write_text, write_manifest)
+from lmforge.artifacts import atomic_open, atomic_write_json, atomic_write_text, write_manifest
 from lmforge.data.sources import resolve_mirror
-from lmforge.evaluation.config import EvalConfig, json_safe
 from lmforge.evaluation.boolq import evaluate_boolq
+from lmforge.evaluation.config import EvalConfig, json_safe
 from lmforge.evaluation.datasets import load_boolq, load_wikitext
-from lmforge.evaluation.generation import generate_all, GenerationSettings
+from lmforge.evaluation.generation import GenerationSettings, generate_all
 from lmforge.evaluation.loglikelihood import rolling_loglikelihoods
 from lmforge.evaluation.perplexity import CorpusLikelihood, count_bytes, count_words, detokenize_wikitext
-from lmforge.evaluation.zeroshot import (headline, report_lines, run,
-                                         split_items)
+from lmforge.evaluation.zeroshot import headline, report_lines, run, split_items
 from lmforge.log import get_logger, peak_rss_mb
 from lmforge.model.card import record_evaluation
-
 
 STAGE = "eval"
 TABLE_NAMES = ("wikitext_docs.jsonl", "boolq_items.jsonl", "generations.jsonl", "zero_shot_items.jsonl")

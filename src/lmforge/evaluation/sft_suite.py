@@ -11,22 +11,31 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_open, atomic_write_json, atomic_write_text, check_tokenizer_lineage, load_manifest, read_json, write_manifest)
-from lmforge.data.sft_dataset import iter_eval_batches, SFTSplit, STAGE as DATA_STAGE
+from lmforge.artifacts import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    check_tokenizer_lineage,
+    load_manifest,
+    read_json,
+    write_manifest,
+)
+from lmforge.data.sft_batches import iter_eval_batches
+from lmforge.data.sft_dataset import STAGE as DATA_STAGE
+from lmforge.data.sft_dataset import SFTSplit
 from lmforge.data.sources import resolve_mirror
 from lmforge.errors import ConfigError
-from lmforge.evaluation.config import EvalSFTConfig, json_safe
 from lmforge.evaluation.boolq import evaluate_boolq
+from lmforge.evaluation.config import EvalSFTConfig, json_safe
 from lmforge.evaluation.datasets import load_boolq
 from lmforge.evaluation.smoke import quality_score, rule_pass_rates, score_reply
-from lmforge.evaluation.zeroshot import (headline as zero_shot_headline, report_lines, run,
-                                         split_items)
+from lmforge.evaluation.zeroshot import headline as zero_shot_headline
+from lmforge.evaluation.zeroshot import report_lines, run, split_items
 from lmforge.log import get_logger, peak_rss_mb
 from lmforge.model.card import record_evaluation
-from lmforge.model.chat import generate_reply, Sampling
+from lmforge.model.chat import Sampling, generate_reply
 from lmforge.tokenizer.spm import load_tokenizer
 from lmforge.training.loop import causal_lm_loss_sum, count_label_tokens
-
 
 STAGE = "eval-sft"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from lmforge.config import spec
 from lmforge.data.sources import data_fingerprint, mirror_files
 from lmforge.errors import ConfigError, DataError
-from lmforge.evaluation.zeroshot_tasks import parse_task_list, TASKS, ZeroShotTask
+from lmforge.evaluation.zeroshot_tasks import TASKS, ZeroShotTask, parse_task_list
 from lmforge.log import get_logger
 
 log = get_logger(__name__)

@@ -15,6 +15,7 @@ chance accuracy is 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from lmforge.errors import ConfigError
 
 

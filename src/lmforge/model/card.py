@@ -19,11 +19,11 @@ import json
 import os
 from pathlib import Path
 
-from lmforge.artifacts import atomic_write_json, atomic_write_text, MANIFEST_NAME, read_json
+from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, atomic_write_text, read_json
 from lmforge.config import to_dict
+from lmforge.evaluation.config import ExpectedRanges, SFTExpected
 from lmforge.log import get_logger
 from lmforge.model.adapter import ADAPTER_CONFIG, BASE_FILE, is_adapter_dir
-from lmforge.evaluation.config import ExpectedRanges, SFTExpected
 
 log = get_logger(__name__)
 
@@ -282,7 +282,7 @@ def render_adapter_card(adapter_dir: str | os.PathLike) -> str:
             "datasets": sorted({d for r in rows for d in r.get("datasets", []) if d}),
             "tags": ["lmforge", "lora", "peft", "chatml", "sft"]}
     path = str(adapter_dir)
-    lines = [_front_matter(meta), f"# LoRA adapter — lmforge sft", "",
+    lines = [_front_matter(meta), "# LoRA adapter — lmforge sft", "",
              f"LoRA adapters (r={config.get('r')}, alpha={config.get('lora_alpha')}, on "
              f"{', '.join(sorted(config.get('target_modules') or []))}) for the base model `{base}`. "
              f"{count_parameters(adapter_dir):,} adapter parameters. The merged model is the parent directory.", "",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from lmforge.artifacts import atomic_write_json, check_tokenizer_lineage, MANIFEST_NAME, read_json
+from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, check_tokenizer_lineage, read_json
 from lmforge.data.chatml import encode_prompt
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger

@@ -31,8 +31,8 @@ from lmforge.artifacts import atomic_path, read_json, sha256_file
 from lmforge.data.chatml import CHAT_TEMPLATE
 from lmforge.errors import ArtifactError, ConfigError
 from lmforge.log import get_logger
-from lmforge.tokenizer.hf_export import bpe_merges, load_proto
 from lmforge.tokenizer.format import MODEL_FILE, SPECIAL_TOKENS
+from lmforge.tokenizer.hf_export import bpe_merges, load_proto
 
 log = get_logger(__name__)
 QUANTS = ("f16", "q8_0")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmforge.artifacts import describe_input, MANIFEST_NAME, read_json, sha256_file
+from lmforge.artifacts import MANIFEST_NAME, describe_input, read_json, sha256_file
 from lmforge.errors import ArtifactError, ConfigError, LineageError
 from lmforge.log import get_logger
 from lmforge.model.architecture import llama_config

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from lmforge.artifacts import check_tokenizer_lineage, load_manifest, read_json
 from lmforge.errors import ArtifactError, ConfigError
-from lmforge.log import get_logger
 from lmforge.evaluation.loglikelihood import check_scorable
+from lmforge.log import get_logger
 from lmforge.tokenizer.format import SPECIAL_TOKENS
 from lmforge.tokenizer.spm import load_tokenizer_artifact
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmforge.artifacts import atomic_write_json, check_tokenizer_lineage, describe_file, MANIFEST_NAME, read_json
+from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, check_tokenizer_lineage, describe_file, read_json
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
 from lmforge.model.adapter import ADAPTER_CONFIG, BASE_FILE, is_adapter_dir, record_base

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.artifacts import describe_input, read_json
-from lmforge.cli import add_flag_aliases, build_parser, Parser
+from lmforge.cli import Parser, add_flag_aliases, build_parser
 from lmforge.data import quickstart_data
 from lmforge.errors import LmforgeError
-from lmforge.pipeline.pipeline_file import Pipeline, PlannedStage, QUICKSTART_DATA
-from lmforge.pipeline.run_record import load_run_record, RUN_FILE
+from lmforge.pipeline.pipeline_file import QUICKSTART_DATA, Pipeline, PlannedStage
+from lmforge.pipeline.run_record import RUN_FILE, load_run_record
 
 
 def describe_stage(planned: PlannedStage) -> dict[str, str]:

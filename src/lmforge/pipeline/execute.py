@@ -15,7 +15,7 @@ from pathlib import Path
 from lmforge.artifacts import machine_info
 from lmforge.pipeline.pipeline_file import PipelineError, PipelineInterrupted, PlannedStage
 from lmforge.pipeline.processes import DIE_WITH_PARENT, forward_signals, stage_preexec
-from lmforge.pipeline.run_record import load_run_record, RUN_FILE, save_run_record
+from lmforge.pipeline.run_record import RUN_FILE, load_run_record, save_run_record
 from lmforge.pipeline.stage import OUTCOME_ENV, read_outcome
 
 

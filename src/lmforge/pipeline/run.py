@@ -27,7 +27,7 @@ from lmforge.errors import LmforgeError
 from lmforge.pipeline import report, verify
 from lmforge.pipeline.dry_run import dry_run
 from lmforge.pipeline.execute import execute
-from lmforge.pipeline.pipeline_file import fill_placeholders, Pipeline, PipelineError, plan, PlannedStage, select
+from lmforge.pipeline.pipeline_file import Pipeline, PipelineError, PlannedStage, fill_placeholders, plan, select
 from lmforge.pipeline.run_record import RUN_FILE
 
 RUN_LOCK = ".lmforge-run.lock"

@@ -27,8 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
-from lmforge.artifacts import (atomic_write_json, is_up_to_date, LOCK_NAME, lock_output_dir, unlock_output_dir,
-                               writable_dir)
+from lmforge.artifacts import (
+    LOCK_NAME,
+    atomic_write_json,
+    is_up_to_date,
+    lock_output_dir,
+    unlock_output_dir,
+    writable_dir,
+)
 from lmforge.log import get_logger
 
 log = get_logger(__name__)

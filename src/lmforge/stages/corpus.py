@@ -28,11 +28,18 @@ from lmforge.data.corpus.analyze import analyze
 from lmforge.data.corpus.assembly import build
 from lmforge.data.corpus.cache import KILL_AFTER_PARTS_ENV
 from lmforge.data.corpus.inputs import mirror_dir, preflight, token_counter
-from lmforge.data.corpus.schema import (STAGE, CorpusConfig, OutputParams, ProcessingParams, SourceSpec, config_record,
-                             load_corpus_config)
+from lmforge.data.corpus.schema import (
+    STAGE,
+    CorpusConfig,
+    OutputParams,
+    ProcessingParams,
+    SourceSpec,
+    config_record,
+    load_corpus_config,
+)
 from lmforge.data.corpus.shards import JsonlGzWriter, read_jsonl_gz
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count
+from lmforge.pipeline.stage import StagePlan, run_stage
 
 __all__ = ["add_arguments", "main", "describe", "build", "analyze", "load_corpus_config", "CorpusConfig",
            "SourceSpec", "ProcessingParams", "OutputParams", "JsonlGzWriter", "read_jsonl_gz", "STAGE",

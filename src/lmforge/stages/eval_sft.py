@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.artifacts import (prepare_output_dir)
+from lmforge.artifacts import prepare_output_dir
 from lmforge.config import load_config, parse_set_overrides, to_dict
 from lmforge.data.sources import resolve_mirror
 from lmforge.evaluation.config import EvalSFTConfig
-from lmforge.evaluation.zeroshot import (apply_tasks_flag, data_identity, preflight)
-from lmforge.evaluation.sft_suite import closing_summary, SFTEvalRun, STAGE
-from lmforge.pipeline.stage import run_stage, StagePlan
+from lmforge.evaluation.sft_suite import STAGE, SFTEvalRun, closing_summary
+from lmforge.evaluation.zeroshot import apply_tasks_flag, data_identity, preflight
 from lmforge.model.loading import load_for_eval
-
+from lmforge.pipeline.stage import StagePlan, run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

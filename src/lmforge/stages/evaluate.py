@@ -28,14 +28,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.artifacts import (prepare_output_dir)
+from lmforge.artifacts import prepare_output_dir
 from lmforge.config import load_config, parse_set_overrides, to_dict
 from lmforge.data.sources import data_fingerprint, resolve_mirror
 from lmforge.evaluation.config import EvalConfig
-from lmforge.evaluation.zeroshot import (apply_tasks_flag, data_identity as zero_shot_identity, preflight)
-from lmforge.evaluation.pretrain_suite import closing_summary, EvalRun, STAGE
-from lmforge.pipeline.stage import run_stage, StagePlan
+from lmforge.evaluation.pretrain_suite import STAGE, EvalRun, closing_summary
+from lmforge.evaluation.zeroshot import apply_tasks_flag, preflight
+from lmforge.evaluation.zeroshot import data_identity as zero_shot_identity
 from lmforge.model.loading import load_for_eval
+from lmforge.pipeline.stage import StagePlan, run_stage
 
 DEFAULT_CONFIG = "config/evaluation/pretrain_standard.json"
 

@@ -24,17 +24,26 @@ import os
 import time
 from pathlib import Path
 
-from lmforge.artifacts import (load_manifest, read_json, write_manifest)
+from lmforge.artifacts import load_manifest, read_json, write_manifest
 from lmforge.config import config_from_dict, load_config, parse_set_overrides
-from lmforge.data.packing import (check_previous_pack, corpus_shards, effective_piece_chars, PackConfig,
-                                  pack_streams, resolve_dtype, resolve_workers, SPLITS, STAGE, verify_shards,
-                                  worker_pool)
+from lmforge.data.packing import (
+    SPLITS,
+    STAGE,
+    PackConfig,
+    check_previous_pack,
+    corpus_shards,
+    effective_piece_chars,
+    pack_streams,
+    resolve_dtype,
+    resolve_workers,
+    verify_shards,
+    worker_pool,
+)
 from lmforge.errors import ArtifactError
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_bytes, human_count, peak_rss_mb
+from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.tokenizer.format import MODEL_FILE
 from lmforge.tokenizer.spm import load_tokenizer_artifact
-
 
 # ---------------------------------------------------------------- CLI
 

@@ -20,22 +20,43 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.artifacts import (check_tokenizer_lineage, child_dir, describe_input, MANIFEST_NAME, prepare_output_dir, read_json)
+from lmforge.artifacts import (
+    MANIFEST_NAME,
+    check_tokenizer_lineage,
+    child_dir,
+    describe_input,
+    prepare_output_dir,
+    read_json,
+)
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
-from lmforge.data.loader import eval_batches, normalise_weights, open_packed_dir, PackedBatches, Prefetcher
+from lmforge.data.loader import PackedBatches, Prefetcher, eval_batches, normalise_weights, open_packed_dir
 from lmforge.errors import ConfigError
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count, peak_rss_mb
-from lmforge.model.architecture import (choose_attention, count_parameters, flops_per_token, load_architecture, quiet_transformers)
+from lmforge.model.architecture import (
+    choose_attention,
+    count_parameters,
+    flops_per_token,
+    load_architecture,
+    quiet_transformers,
+)
 from lmforge.model.card import write_cards
 from lmforge.model.decoder import build_decoder
-from lmforge.model.hf_files import prepare_run_tokenizer, RUN_TOKENIZER_DIR, set_chat_generation
-from lmforge.model.init_from import check_shape, check_source, identity as init_identity, load_initial_weights
+from lmforge.model.hf_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
+from lmforge.model.init_from import check_shape, check_source, load_initial_weights
+from lmforge.model.init_from import identity as init_identity
+from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.tokenizer.spm import load_tokenizer_artifact
-from lmforge.training.resume import choose_resume, clear_run_dir
 from lmforge.training.limits import check_pretrain_fits
-from lmforge.training.loop import (_duration, auto_split, CheckpointMeta, make_accelerator, run_training, scaled_warmup,
-                                   TrainingConfig)
+from lmforge.training.loop import (
+    CheckpointMeta,
+    TrainingConfig,
+    _duration,
+    auto_split,
+    make_accelerator,
+    run_training,
+    scaled_warmup,
+)
+from lmforge.training.resume import choose_resume, clear_run_dir
 
 log = get_logger(__name__)
 

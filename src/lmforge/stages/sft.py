@@ -32,22 +32,25 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.artifacts import check_tokenizer_lineage, load_manifest, MANIFEST_NAME, prepare_output_dir, read_json
+from lmforge.artifacts import MANIFEST_NAME, check_tokenizer_lineage, load_manifest, prepare_output_dir, read_json
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
+from lmforge.data.loader import normalise_weights
 from lmforge.data.packed import check_token_range
-from lmforge.data.sft_dataset import (iter_eval_batches, normalise_weights, SFTSplit, STAGE as DATA_STAGE, WeightedBatches)
+from lmforge.data.sft_batches import WeightedBatches, iter_eval_batches
+from lmforge.data.sft_dataset import STAGE as DATA_STAGE
+from lmforge.data.sft_dataset import SFTSplit
 from lmforge.errors import ConfigError
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count
 from lmforge.model.adapter import record_base
 from lmforge.model.architecture import quiet_transformers
 from lmforge.model.card import write_cards
-from lmforge.model.external import (check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer)
-from lmforge.model.hf_files import (model_context, prepare_run_tokenizer, RUN_TOKENIZER_DIR, set_chat_generation)
+from lmforge.model.external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
+from lmforge.model.hf_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer, set_chat_generation
 from lmforge.model.loading import load_causal_lm
-from lmforge.training.resume import choose_resume, clear_run_dir
+from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.training.limits import check_sft_fits
-from lmforge.training.loop import (CheckpointMeta, make_accelerator, run_training, scaled_warmup, TrainingConfig)
+from lmforge.training.loop import CheckpointMeta, TrainingConfig, make_accelerator, run_training, scaled_warmup
+from lmforge.training.resume import choose_resume, clear_run_dir
 
 log = get_logger(__name__)
 STAGE = "sft"

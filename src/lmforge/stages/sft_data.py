@@ -20,18 +20,19 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_write_text, prepare_output_dir, sha256_file, write_manifest)
-from lmforge.data.chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
+from lmforge.artifacts import atomic_write_text, prepare_output_dir, sha256_file, write_manifest
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
-from lmforge.data.decontam import DecontaminationParams, Tally, build_index, figures as decontam_figures, screen, summary_line
-from lmforge.errors import DataError
+from lmforge.data.chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
+from lmforge.data.decontam import DecontaminationParams, Tally, build_index, screen, summary_line
+from lmforge.data.decontam import figures as decontam_figures
 from lmforge.data.indexed import all_or_nothing
-from lmforge.pipeline.stage import run_stage, StagePlan
-from lmforge.log import get_logger, human_count, peak_rss_mb, progress
-from lmforge.data.sft_dataset import STAGE, SPLITS, SplitWriter, split_files
+from lmforge.data.sft_dataset import SPLITS, STAGE, SplitWriter, split_files
 from lmforge.data.sft_sources import SourceConfig, iter_conversations
 from lmforge.data.sources import data_fingerprint, resolve_mirror
+from lmforge.errors import DataError
+from lmforge.log import get_logger, human_count, peak_rss_mb, progress
 from lmforge.model.external import load_any_tokenizer
+from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.tokenizer.format import CONFIG_FILE
 
 log = get_logger(__name__)

@@ -24,16 +24,33 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lmforge.artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, describe_input, load_manifest, prepare_output_dir, sha256_file, write_manifest)
+from lmforge.artifacts import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    describe_input,
+    load_manifest,
+    prepare_output_dir,
+    sha256_file,
+    write_manifest,
+)
 from lmforge.config import load_config, parse_set_overrides, to_dict
 from lmforge.errors import ArtifactError, DataError
-from lmforge.pipeline.stage import run_stage, StagePlan
 from lmforge.log import get_logger, human_count, peak_rss_mb, progress
-from lmforge.tokenizer.hf_export import export_hf_files
-from lmforge.tokenizer.training import (check_special_ids, CorpusStream, lmforge_config_keys, StreamStats,
-                                       TokenizerConfig, train_spm, verify_corpus, vocab_text)
-from lmforge.tokenizer.metrics import measure_by_source, render_card
+from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.tokenizer.format import CONFIG_FILE, MODEL_FILE, VOCAB_FILE
+from lmforge.tokenizer.hf_export import export_hf_files
+from lmforge.tokenizer.metrics import measure_by_source, render_card
+from lmforge.tokenizer.training import (
+    CorpusStream,
+    StreamStats,
+    TokenizerConfig,
+    check_special_ids,
+    lmforge_config_keys,
+    train_spm,
+    verify_corpus,
+    vocab_text,
+)
 
 log = get_logger(__name__)
 

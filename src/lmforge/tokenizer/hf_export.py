@@ -33,8 +33,17 @@ from pathlib import Path
 from lmforge.artifacts import atomic_path
 from lmforge.data.chatml import CHAT_TEMPLATE
 from lmforge.errors import ArtifactError
-from lmforge.tokenizer.format import (MODEL_FILE, parse_model_proto, PIECE_CONTROL, PIECE_NORMAL, PIECE_UNKNOWN, PIECE_USER_DEFINED,
-                                   SPECIAL_TOKENS, verbatim_bpe_problems)
+from lmforge.tokenizer.format import (
+    MODEL_FILE,
+    PIECE_CONTROL,
+    PIECE_NORMAL,
+    PIECE_UNKNOWN,
+    PIECE_USER_DEFINED,
+    SPECIAL_TOKENS,
+    parse_model_proto,
+    verbatim_bpe_problems,
+)
+
 
 def load_proto(model_path: str | os.PathLike):
     """The ModelProto of a SentencePiece model file."""

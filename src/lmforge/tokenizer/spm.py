@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from lmforge.artifacts import check_tokenizer_lineage, load_manifest, MANIFEST_NAME, read_json
+from lmforge.artifacts import MANIFEST_NAME, check_tokenizer_lineage, load_manifest, read_json
 from lmforge.errors import ArtifactError, LineageError
-from lmforge.tokenizer.format import (CONFIG_FILE, MODEL_FILE, SPECIAL_TOKENS, tokenizer_sha256)
+from lmforge.tokenizer.format import CONFIG_FILE, MODEL_FILE, SPECIAL_TOKENS, tokenizer_sha256
 from lmforge.tokenizer.hf_export import load_hf_tokenizer
 from lmforge.tokenizer.piecewise import DEFAULT_PIECE_CHARS, PiecewiseEncoder
+
 
 @dataclass
 class Tokenizer:

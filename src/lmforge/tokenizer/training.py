@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lmforge import __version__
-from lmforge.artifacts import (load_manifest, verify_file)
+from lmforge.artifacts import load_manifest, verify_file
 from lmforge.config import spec
 from lmforge.data.corpus.shards import read_jsonl_gz
 from lmforge.errors import ArtifactError, DataError

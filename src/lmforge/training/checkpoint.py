@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmforge.artifacts import (atomic_path, atomic_write_json, load_manifest, MANIFEST_NAME, read_json, write_manifest)
+from lmforge.artifacts import MANIFEST_NAME, atomic_path, atomic_write_json, load_manifest, read_json, write_manifest
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
 from lmforge.tokenizer.spm import copy_tokenizer_files

@@ -60,12 +60,32 @@ from lmforge.config import spec, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.log import get_logger, human_count
 from lmforge.tokenizer.spm import copy_tokenizer_files
-from lmforge.training.checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint, loss_window, META_FILE, metrics_lines_up_to,
-                                         restore_rng_state, restored_losses, rotate_checkpoints, save_checkpoint, save_model, step_dir,
-                                         TerminationRequest)
-from lmforge.training.progress import requested_trackers, Trackers, TrainingProgress
-from lmforge.training.step import (compile_in_place, enable_tf32, forward_backward_probe, is_compile_failure, peak_memory_gib,
-                                   probe_micro_batch, resolve_switch, uncompile)
+from lmforge.training.checkpoint import (
+    META_FILE,
+    TerminationRequest,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    loss_window,
+    metrics_lines_up_to,
+    restore_rng_state,
+    restored_losses,
+    rotate_checkpoints,
+    save_checkpoint,
+    save_model,
+    step_dir,
+)
+from lmforge.training.progress import Trackers, TrainingProgress, requested_trackers
+from lmforge.training.step import (
+    compile_in_place,
+    enable_tf32,
+    forward_backward_probe,
+    is_compile_failure,
+    peak_memory_gib,
+    probe_micro_batch,
+    resolve_switch,
+    uncompile,
+)
 
 log = get_logger(__name__)
 

@@ -104,7 +104,6 @@ class TrainingProgress:
                     f"progress {'bar below' if self.use_bar else f'every {self.interval_s:.0f}s at most'}")
         if self.use_bar:
             from tqdm.auto import tqdm
-
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=self.stop_at, initial=self.start_step, unit="step", desc=self.label,

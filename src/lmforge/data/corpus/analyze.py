@@ -7,12 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 from lmforge.artifacts import atomic_write_json
-from lmforge.errors import ArtifactError, DataError
-from lmforge.log import get_logger
-from lmforge.data.text_clean import CleaningRules, TokenCounter, clean_record
 from lmforge.data.corpus.inputs import open_source, where
 from lmforge.data.corpus.report import fmt_skips, print_plan
 from lmforge.data.corpus.schema import BUDGET_TOLERANCE, CorpusConfig, SourceSpec, config_record
+from lmforge.data.text_clean import CleaningRules, TokenCounter, clean_record
+from lmforge.errors import ArtifactError, DataError
+from lmforge.log import get_logger
 
 log = get_logger(__name__)
 

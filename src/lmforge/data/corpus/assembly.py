@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Iterator
 
 from lmforge.artifacts import prepare_output_dir, write_manifest
-from lmforge.data.decontam import Tally, build_index, figures as decontam_figures
-from lmforge.errors import DataError
-from lmforge.log import get_logger, human_count, peak_rss_mb
-from lmforge.data.text_clean import TokenCounter
 from lmforge.data.corpus.cache import SourceCache, SourceState, shortfall
 from lmforge.data.corpus.report import print_summary
 from lmforge.data.corpus.schema import STAGE, CorpusConfig, ProcessingParams
 from lmforge.data.corpus.shards import JsonlGzWriter
 from lmforge.data.corpus.streaming import run_phase1
+from lmforge.data.decontam import Tally, build_index
+from lmforge.data.decontam import figures as decontam_figures
+from lmforge.data.text_clean import TokenCounter
+from lmforge.errors import DataError
+from lmforge.log import get_logger, human_count, peak_rss_mb
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lmforge.data.corpus.schema import CorpusConfig, SourceSpec
-from lmforge.data.sources import (expand_paths, mirror_files, resolve_mirror, stream_builtin, stream_files, stream_hub)
+from lmforge.data.sources import expand_paths, mirror_files, resolve_mirror, stream_builtin, stream_files, stream_hub
 from lmforge.data.text_clean import TokenCounter
 from lmforge.errors import ArtifactError, DataError
 from lmforge.tokenizer.spm import load_tokenizer

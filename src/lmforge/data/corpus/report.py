@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmforge.data.corpus.cache import SourceState, shortfall
 from lmforge.data.decontam import summary_line as decontam_summary
 from lmforge.log import get_logger, human_count
-from lmforge.data.corpus.cache import SourceState, shortfall
 
 log = get_logger(__name__)
 

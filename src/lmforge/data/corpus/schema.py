@@ -10,7 +10,7 @@ from typing import Literal
 from lmforge.config import config_from_dict, parse_set_overrides, read_config_file, spec, to_dict
 from lmforge.data.builtin_corpus import BUILTIN_CORPORA
 from lmforge.data.decontam import DecontaminationParams
-from lmforge.data.text_clean import CleaningRules, NORMALIZATION_FORMS, TokenCounter
+from lmforge.data.text_clean import NORMALIZATION_FORMS, CleaningRules, TokenCounter
 from lmforge.errors import ConfigError
 
 STAGE = "corpus"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lmforge.artifacts import atomic_path
-from lmforge.errors import DataError
 from lmforge.data.sources import parse_json_record
+from lmforge.errors import DataError
 
 
 class JsonlGzWriter:

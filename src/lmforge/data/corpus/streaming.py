@@ -12,15 +12,15 @@ from collections import Counter
 from pathlib import Path
 
 from lmforge.artifacts import atomic_write_bytes
-from lmforge.data.decontam import NgramIndex, Tally, screen
-from lmforge.errors import DataError
-from lmforge.log import get_logger, human_count, progress
-from lmforge.data.text_clean import TokenCounter, clean_record, dedup_key, truncate_to_tokens
 from lmforge.data.corpus.cache import SourceCache, SourceState, after_commit, source_fingerprint
 from lmforge.data.corpus.inputs import open_source, where
 from lmforge.data.corpus.report import fmt_skips, report_source
 from lmforge.data.corpus.schema import CorpusConfig, SourceSpec
 from lmforge.data.corpus.shards import JsonlGzWriter
+from lmforge.data.decontam import NgramIndex, Tally, screen
+from lmforge.data.text_clean import TokenCounter, clean_record, dedup_key, truncate_to_tokens
+from lmforge.errors import DataError
+from lmforge.log import get_logger, human_count, progress
 
 log = get_logger(__name__)
 
