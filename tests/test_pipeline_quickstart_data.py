@@ -85,3 +85,15 @@ def test_deterministic_and_up_to_date(built, tiny_corpus, tmp_path, capsys):
 def test_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert cli(["--corpus-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_training_shards_carry_no_file_name_or_time_in_their_gzip_header(built):
+    """A temp name (with its pid) in the header made every rebuild's bytes, and so the corpus's
+    identity, differ: everything downstream reran after an identical rebuild."""
+    out, _ = built
+    shards = sorted((out / PRETRAIN_CORPUS / "shards").glob("*.jsonl.gz"))
+    assert shards
+    for shard in shards:
+        header = shard.read_bytes()[:10]
+        assert header[3] & 0x08 == 0, f"{shard.name}: FNAME set"  # gzip FLG.FNAME
+        assert header[4:8] == b"\0\0\0\0", f"{shard.name}: MTIME set"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import hashlib
 import json
 import re
@@ -40,7 +39,6 @@ import time
 from pathlib import Path
 
 from lmforge.artifacts import (
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     load_manifest,
@@ -50,7 +48,7 @@ from lmforge.artifacts import (
 )
 from lmforge.cli import Parser, add_flag_aliases
 from lmforge.config import config_from_dict, load_config, parse_set_overrides, spec, to_dict
-from lmforge.data.corpus.shards import read_jsonl_gz
+from lmforge.data.corpus.shards import JsonlGzWriter, read_jsonl_gz
 from lmforge.errors import LmforgeError
 from lmforge.log import setup_logging
 from lmforge.pipeline.stage import StagePlan, run_stage
@@ -255,9 +253,16 @@ def write_corpus(out: Path, records: list[dict], source_manifest: dict, shard_si
     outputs = []
     for n, start in enumerate(range(0, len(records), shard_size)):
         rel = f"shards/shard_{n:04d}.jsonl.gz"
-        with atomic_path(out / rel) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as handle:
+        # the corpus stage's writer: no temp file name or time in the gzip header, so a rebuild
+        # gives the same bytes (and the same identity: nothing downstream reruns)
+        writer = JsonlGzWriter(out / rel, compresslevel=9)
+        try:
             for record in records[start:start + shard_size]:
-                handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                writer.write(record, tokens=0)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
         outputs.append(rel)
     figures = {"documents": len(records), "shards": len(outputs),
                "characters": sum(len(r["text"]) for r in records)}
