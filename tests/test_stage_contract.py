@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_corpus_dir, make_packed_dir, stdlib_texts
-from lmforge.artifacts import artifact_identity, atomic_write_json, load_manifest, write_manifest
+from lmforge.artifacts import artifact_identity, atomic_write_json, atomic_write_text, load_manifest, write_manifest
 from lmforge.cli import main as cli_main
 from lmforge.config import config_from_dict
 from lmforge.errors import ArtifactError
@@ -141,6 +141,34 @@ def test_a_stage_failing_on_its_inputs_leaves_no_output_folder(tmp_path):
     with pytest.raises(ArtifactError):
         run_stage(StagePlan("demo", tmp_path / "new" / "out", {"k": 1}), fail)
     assert not (tmp_path / "new" / "out").exists()
+
+
+def test_a_stage_cannot_write_outside_its_output_even_through_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shards").symlink_to(victim, target_is_directory=True)  # e.g. left by a user, or a hostile archive
+
+    def build(plan):
+        atomic_write_text(plan.output_dir / "ok.txt", "inside")
+        atomic_write_text(plan.output_dir / "shards" / "x.txt", "through the link")
+
+    with pytest.raises(ArtifactError, match="outside this stage's output directory"):
+        run_stage(StagePlan("demo", out, {"k": 1}), build)
+    assert (out / "ok.txt").read_text() == "inside" and list(victim.iterdir()) == []
+    with pytest.raises(ArtifactError, match="outside"):
+        run_stage(StagePlan("demo", out, {"k": 1}), lambda p: atomic_write_text(tmp_path / "elsewhere.txt", "x"))
+    assert not (tmp_path / "elsewhere.txt").exists()
+    atomic_write_text(tmp_path / "elsewhere.txt", "outside a stage, writes go where asked")
+
+
+def test_declared_extra_outputs_may_be_written(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    run_stage(StagePlan("demo", tmp_path / "out", {"k": 1}, also_writes=(model,)),
+              lambda p: atomic_write_text(model / "README.md", "card"))
+    assert (model / "README.md").read_text() == "card"
 
 
 # ---------------------------------------------------------------- the pipeline reads outcomes

@@ -60,14 +60,48 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# ---------------------------------------------------------------- where a stage may write
+
+_WRITE_ROOTS: list[tuple[Path, ...]] = []
+
+
+@contextlib.contextmanager
+def confined_writes(*roots: str | os.PathLike) -> Iterator[None]:
+    """While a stage builds, every write through this module must land under one of `roots`:
+    its output directory, plus what the stage declares it updates (eval: the model's card),
+    plus the hash-cache sidecar `cached_file_fact` keeps beside checked inputs.
+    A path that leaves them (a name from a config, a symlink inside the output, a bug) is
+    refused before anything is written. The stage runner sets this for every stage."""
+    _WRITE_ROOTS.append(tuple(Path(r).resolve() for r in roots))
+    try:
+        yield
+    finally:
+        _WRITE_ROOTS.pop()
+
+
+def write_allowed(path: str | os.PathLike) -> bool:
+    if not _WRITE_ROOTS:
+        return True
+    resolved = Path(path).resolve()
+    return any(resolved == root or root in resolved.parents for root in _WRITE_ROOTS[-1])
+
+
+def check_write_allowed(path: str | os.PathLike) -> None:
+    if not write_allowed(path):
+        raise ArtifactError(f"refused to write {path}: it lies outside this stage's output directory "
+                            f"{_WRITE_ROOTS[-1][0]} (resolved: {Path(path).resolve()}); nothing was written there")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` on success.
 
     For writers that want a filename (numpy, sentencepiece, gzip). On error the
-    temporary file is removed and `path` is left as it was.
+    temporary file is removed and `path` is left as it was. Inside a stage, `path`
+    must lie under the stage's output directory (`confined_writes`).
     """
     final = Path(path)
+    check_write_allowed(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(final)
     try:
@@ -408,10 +442,14 @@ def cached_file_fact(path: str | os.PathLike, key: str, compute) -> Any:
     if _signature(p) == signature:  # unchanged while computing: safe to remember
         entry[key] = value
         cache[p.name] = entry
+        # The one write a stage makes beside its inputs: this fixed-name sidecar, best effort.
+        _WRITE_ROOTS.append((cache_path.parent.resolve(),))
         try:
             atomic_write_json(cache_path, cache)
         except OSError:
             pass  # read-only input: no cache, still checked
+        finally:
+            _WRITE_ROOTS.pop()
     return value
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Literal
 from lmforge.artifacts import (
     LOCK_NAME,
     atomic_write_json,
+    confined_writes,
     is_up_to_date,
     lock_output_dir,
     unlock_output_dir,
@@ -53,6 +54,7 @@ class StagePlan:
     force: bool = False                          # --force: rebuild even when up to date
     run_anyway: str | None = None                # a reason to run without checking (e.g. "--resume")
     workdir: Path | None = None                  # the directory written and locked (default: output_dir)
+    also_writes: tuple[Path, ...] = ()           # what else the stage updates (eval: the model's card)
 
     @property
     def locked_dir(self) -> Path:
@@ -85,7 +87,7 @@ def run_stage(plan: StagePlan, build: Callable[[StagePlan], dict | None]) -> Sta
     else:
         if plan.run_anyway:
             log.debug("%s: running (%s)", plan.stage, plan.run_anyway)
-        with _locked(plan.locked_dir):
+        with _locked(plan.locked_dir), confined_writes(plan.locked_dir, *plan.also_writes):
             manifest = build(plan)
         identity = manifest.get("identity") if isinstance(manifest, dict) else None
         outcome = StageOutcome(plan.stage, "ran", str(plan.output_dir), time.perf_counter() - started, identity,

@@ -87,7 +87,8 @@ def main(args) -> int:
     if cfg.zero_shot.tasks:
         config_dict["_zero_shot_data"] = data_identity(cfg.zero_shot.tasks, resolve_mirror(args.mirror))
     inputs = {"model": Path(args.model_path), "tokenizer": Path(args.tokenizer_path)}
-    plan = StagePlan(STAGE, out, config_dict, inputs, force=args.force)
+    plan = StagePlan(STAGE, out, config_dict, inputs, force=args.force,
+                     also_writes=(Path(args.model_path),))  # the scores go into the model's card too
     run_stage(plan, lambda p: evaluate_sft(p, cfg, args, output_file))
     return 0
 

@@ -120,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
     if not cfg.zero_shot.tasks:
         config_dict.pop("zero_shot")  # as before the suite existed: results computed then stay up to date
     inputs = {"model": Path(args.model_path), "tokenizer": Path(args.tokenizer_path)}
-    plan = StagePlan(STAGE, Path(args.output_dir), config_dict, inputs, force=args.force)
+    plan = StagePlan(STAGE, Path(args.output_dir), config_dict, inputs, force=args.force,
+                     also_writes=(Path(args.model_path),))  # the scores go into the model's card too
     run_stage(plan, lambda p: evaluate(p, cfg, args))
     return 0
 
