@@ -7,7 +7,7 @@ import pytest
 
 from lmforge.errors import ConfigError
 from lmforge.data.sft_batches import WeightedBatches, collate
-from lmforge.data.loader import normalise_weights
+from lmforge.data.sampler import normalise_weights
 from lmforge.data.sft_dataset import IGNORE_INDEX, SFTSplit, SplitWriter
 
 

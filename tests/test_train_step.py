@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data.loader import PackedBatches, Prefetcher, open_packed_dir
+from lmforge.data.pretrain_batches import PackedBatches, Prefetcher
+from lmforge.data.packed import open_packed_dir
 from lmforge.model.decoder import build_decoder
 from lmforge.model.architecture import ArchitectureConfig
 from lmforge.training.step import candidate_micro_batches, probe_micro_batch

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lmforge.training.checkpoint import list_checkpoints, load_model_weights
-from lmforge.data.loader import PackedBatches, eval_batches, open_packed_dir
+from lmforge.data.pretrain_batches import PackedBatches, eval_batches
+from lmforge.data.packed import open_packed_dir
 from lmforge.model.architecture import ArchitectureConfig, build_model, quiet_transformers
 from lmforge.training.loop import (CheckpointMeta, TrainingConfig, TrainingDiverged, lr_at, make_accelerator,
                               param_groups, run_training)

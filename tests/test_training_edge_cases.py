@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.data.loader import PackedBatches, open_packed_dir
+from lmforge.data.pretrain_batches import PackedBatches
+from lmforge.data.packed import open_packed_dir
 from lmforge.model.architecture import ArchitectureConfig, build_model, quiet_transformers
 from lmforge.training.loop import CheckpointMeta, TrainingConfig, evaluate, make_accelerator, run_training
 

@@ -14,6 +14,7 @@ is fed input_ids = labels = row and shifts the labels itself.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.artifacts import cached_file_fact, check_tokenizer_lineage, load_manifest
@@ -72,3 +73,33 @@ def check_token_range(data: IndexedDataset, vocab_size: int | None) -> None:
                             "corrupted or packed with another tokenizer (rerun `lmforge pack`)")
 
 
+@dataclass
+class PackedDir:
+    """One packed directory: its manifest and its memmapped splits."""
+
+    path: Path
+    manifest: dict
+    train: IndexedDataset
+    val: IndexedDataset | None
+
+    @property
+    def tokenizer_sha256(self) -> str | None:
+        return self.manifest.get("tokenizer_sha256")
+
+    @property
+    def seq_length(self) -> int:
+        return int(self.manifest.get("figures", {}).get("seq_length") or self.train.sizes[0])
+
+
+def open_packed_dir(path: str | Path) -> PackedDir:
+    """Open a packed artifact (lmforge.data.packed does the manifest and row-length checks)."""
+
+    root = Path(path)
+    if not root.exists():
+        raise ArtifactError(f"packed data directory {root} does not exist (run `lmforge pack` first)")
+    manifest = load_packed_manifest(root)
+    train = open_packed(root, "train", manifest=manifest)
+    val = open_packed(root, "val", manifest=manifest) if (root / "val.idx").is_file() else None
+    if len(train) == 0:
+        raise ArtifactError(f"{root}/train holds no sequences: the corpus was too small for seq_length")
+    return PackedDir(root, manifest, train, val)

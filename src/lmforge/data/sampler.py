@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lmforge.errors import ConfigError
+
 
 class EpochOrder:
     """Row `k` of a source of `size` rows, k counting across epochs: each epoch is a
@@ -66,3 +68,15 @@ class SourceMixture:
     def share(self) -> list[float]:
         total = sum(self.taken)
         return [n / total if total else 0.0 for n in self.taken]
+
+
+def normalise_weights(weights: list[float] | None, count: int) -> list[float]:
+    """Dataset weights summing to 1 (equal when none are given); ConfigError on a bad list."""
+    if not weights:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ConfigError(f"--data_weights has {len(weights)} values for {count} --data_dirs")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"--data_weights must be non-negative with a positive sum, got {weights}")
+    total = float(sum(weights))
+    return [w / total for w in weights]

@@ -29,7 +29,9 @@ from lmforge.artifacts import (
     read_json,
 )
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
-from lmforge.data.loader import PackedBatches, Prefetcher, eval_batches, normalise_weights, open_packed_dir
+from lmforge.data.packed import open_packed_dir
+from lmforge.data.pretrain_batches import PackedBatches, Prefetcher, eval_batches
+from lmforge.data.sampler import normalise_weights
 from lmforge.errors import ConfigError
 from lmforge.log import get_logger, human_count, peak_rss_mb
 from lmforge.model.architecture import (

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from lmforge.artifacts import MANIFEST_NAME, check_tokenizer_lineage, load_manifest, prepare_output_dir, read_json
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
-from lmforge.data.loader import normalise_weights
 from lmforge.data.packed import check_token_range
+from lmforge.data.sampler import normalise_weights
 from lmforge.data.sft_batches import WeightedBatches, iter_eval_batches
 from lmforge.data.sft_dataset import STAGE as DATA_STAGE
 from lmforge.data.sft_dataset import SFTSplit

@@ -42,7 +42,7 @@ Using it (pretraining does exactly this, SFT does the same with a LoRA model)::
 
 `batches` is any `BatchSource`: an iterator of micro-batches for *this rank* with
 `state_dict()` / `load_state_dict()` so a resumed run reads exactly the data it
-would have read. `lmforge.data.loader.PackedBatches` is the pretraining one.
+would have read. `lmforge.data.pretrain_batches.PackedBatches` is the pretraining one.
 """
 
 from __future__ import annotations

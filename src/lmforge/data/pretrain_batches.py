@@ -16,59 +16,11 @@ record counters to resume exactly:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
 from lmforge.data.indexed import IndexedDataset
-from lmforge.data.packed import load_packed_manifest, open_packed
-from lmforge.data.sampler import SourceMixture
-from lmforge.errors import ArtifactError, ConfigError
-
-
-@dataclass
-class PackedDir:
-    """One packed directory: its manifest and its memmapped splits."""
-
-    path: Path
-    manifest: dict
-    train: IndexedDataset
-    val: IndexedDataset | None
-
-    @property
-    def tokenizer_sha256(self) -> str | None:
-        return self.manifest.get("tokenizer_sha256")
-
-    @property
-    def seq_length(self) -> int:
-        return int(self.manifest.get("figures", {}).get("seq_length") or self.train.sizes[0])
-
-
-def open_packed_dir(path: str | Path) -> PackedDir:
-    """Open a packed artifact (lmforge.data.packed does the manifest and row-length checks)."""
-
-    root = Path(path)
-    if not root.exists():
-        raise ArtifactError(f"packed data directory {root} does not exist (run `lmforge pack` first)")
-    manifest = load_packed_manifest(root)
-    train = open_packed(root, "train", manifest=manifest)
-    val = open_packed(root, "val", manifest=manifest) if (root / "val.idx").is_file() else None
-    if len(train) == 0:
-        raise ArtifactError(f"{root}/train holds no sequences: the corpus was too small for seq_length")
-    return PackedDir(root, manifest, train, val)
-
-
-def normalise_weights(weights: list[float] | None, count: int) -> list[float]:
-    """Dataset weights summing to 1 (equal when none are given); ConfigError on a bad list."""
-    if not weights:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise ConfigError(f"--data_weights has {len(weights)} values for {count} --data_dirs")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"--data_weights must be non-negative with a positive sum, got {weights}")
-    total = float(sum(weights))
-    return [w / total for w in weights]
+from lmforge.data.sampler import SourceMixture, normalise_weights
+from lmforge.errors import ArtifactError
 
 
 def to_batch(rows: list[np.ndarray]) -> dict:
