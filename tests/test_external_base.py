@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from lmforge.artifacts import load_manifest, sha256_file
 from lmforge.cli import main as cli
+from lmforge.errors import LmforgeError
 from test_sft_data import alpaca_records, write_jsonl
 from test_sft_train import TRAIN_CFG
 
@@ -104,3 +106,20 @@ def test_python_api_loads_and_answers_with_the_external_tokenizer(run):
     model, tok = load_model(run["out"] / "final")
     assert tok.sha256 == sha256_file(run["model"] / "tokenizer.json")
     assert isinstance(reply(model, tok, "Hello", max_new_tokens=4), str)
+
+
+def test_chat_loads_a_plain_hf_model_with_its_own_tokenizer(run, tmp_path):
+    """`lmforge chat --model_path` on a Hugging Face Llama that lmforge never saw: its own tokenizer,
+    and the same refusal of custom code as every other loader."""
+    from lmforge.model.chat import Sampling, generate_reply, load_chat_model
+
+    model, tok = load_chat_model(run["model"])
+    assert tok.sha256 == sha256_file(run["model"] / "tokenizer.json")
+    reply = generate_reply(model, tok, [{"role": "user", "content": "Hello"}], Sampling(max_new_tokens=3))
+    assert isinstance(reply.text, str) and len(reply.ids) <= 3
+    hostile = tmp_path / "hostile"
+    shutil.copytree(run["model"], hostile)
+    config = json.loads((hostile / "config.json").read_text())
+    (hostile / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "x.Model"}}))
+    with pytest.raises(LmforgeError, match="auto_map|custom code"):
+        load_chat_model(hostile)

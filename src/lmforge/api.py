@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Sequence
 
-from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
 from lmforge.model.chat import Sampling, generate_reply, load_chat_model
-from lmforge.model.external import load_external_tokenizer
 from lmforge.pipeline.run import main
-from lmforge.tokenizer.format import MODEL_FILE
-from lmforge.tokenizer.spm import load_tokenizer
 
 
 def run_pipeline(pipeline: str | os.PathLike, *, run_dir: str | os.PathLike | None = None,
@@ -39,30 +34,9 @@ def run_pipeline(pipeline: str | os.PathLike, *, run_dir: str | os.PathLike | No
 
 
 def load_model(path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None):
-    """(model, tokenizer) of a model directory (final/, step_N/) or a LoRA adapter directory.
-
-    The tokenizer is lmforge's (`lmforge.tokenizer.spm.Tokenizer`, sha256 checked against the
-    model's lineage). An adapter finds its base as `lmforge.model.adapter` describes; its
-    tokenizer is the one beside it (the SFT final/) or its base's.
-    """
-
-    path = Path(path)
-    tokenizer_dir = Path(tokenizer_path or path)
-    if not is_adapter_dir(path) and not (tokenizer_dir / MODEL_FILE).is_file() and (path / "config.json").is_file():
-        return _load_external(path, tokenizer_dir)  # a model with its own Hugging Face tokenizer
-    if not is_adapter_dir(path):
-        return load_chat_model(path, tokenizer_path)
-    if tokenizer_path is None:
-        tokenizer_path = path.parent if (path.parent / MODEL_FILE).is_file() else resolve_base(path)
-    return load_adapter_model(path), load_tokenizer(tokenizer_path)
-
-
-def _load_external(model_dir: Path, tokenizer_dir: Path):
-    """A model whose tokenizer is not lmforge's (lmforge.model.external): the tokenizer is read as is."""
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = load_external_tokenizer(tokenizer_dir)
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval(), tokenizer
+    """(model, tokenizer) of a model directory (final/, step_N/), a LoRA adapter directory or a
+    plain Hugging Face Llama directory: what `lmforge chat` loads (`lmforge.model.chat.load_chat_model`)."""
+    return load_chat_model(path, tokenizer_path)
 
 
 def reply(model, tokenizer, message: str | Sequence[dict], *, max_new_tokens: int = 128,

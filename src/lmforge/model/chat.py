@@ -31,7 +31,10 @@ from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, check_tokenizer_
 from lmforge.data.chatml import encode_prompt
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
+from lmforge.model.adapter import is_adapter_dir, load_adapter_model, resolve_base
+from lmforge.model.external import load_external_tokenizer
 from lmforge.model.loading import check_model_dir, load_causal_lm
+from lmforge.tokenizer.format import MODEL_FILE
 from lmforge.tokenizer.spm import load_tokenizer
 
 log = get_logger(__name__)
@@ -117,10 +120,37 @@ class _TextStreamer:
 
 
 def load_chat_model(model_path: str | Path, tokenizer_path: str | Path | None = None):
-    """(model, tokenizer) from a Hugging Face model dir holding lmforge tokenizer files."""
+    """(model, tokenizer) of a model directory (final/, step_N/), a LoRA adapter directory,
+    or a plain Hugging Face Llama directory with its own tokenizer (`lmforge.model.external`).
+
+    An lmforge model's tokenizer is lmforge's, sha256-checked against the model's lineage. An
+    adapter finds its base as `lmforge.model.adapter` describes; its tokenizer is the one
+    beside it (the SFT final/) or its base's.
+    """
+    path = Path(model_path)
+    if is_adapter_dir(path):
+        if tokenizer_path is None:
+            tokenizer_path = path.parent if (path.parent / MODEL_FILE).is_file() else resolve_base(path)
+        return load_adapter_model(path), load_tokenizer(tokenizer_path)
+    tokenizer_dir = Path(tokenizer_path or path)
+    if not (tokenizer_dir / MODEL_FILE).is_file() and (path / "config.json").is_file():
+        return _load_external(path, tokenizer_dir)
+    return _load_lmforge_model(path, tokenizer_path)
+
+
+def _load_external(model_dir: Path, tokenizer_dir: Path):
+    """A model whose tokenizer is not lmforge's: the model is checked like any other (no custom
+    code, safetensors only), the tokenizer read as it is, with ChatML's tokens required."""
     import torch
 
-    model_dir = Path(model_path)
+    check_model_dir(model_dir)
+    tokenizer = load_external_tokenizer(tokenizer_dir)
+    return load_causal_lm(model_dir, torch.float32).eval(), tokenizer
+
+
+def _load_lmforge_model(model_dir: Path, tokenizer_path: str | Path | None):
+    import torch
+
     check_model_dir(model_dir)  # before anything else: never a prompt to run a folder's code
     tokenizer = load_tokenizer(tokenizer_path or model_dir)
     if (model_dir / MANIFEST_NAME).is_file():  # an lmforge model: its tokenizer must be this one
