@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -92,7 +92,7 @@ def run_stage(plan: StagePlan, build: Callable[[StagePlan], dict | None]) -> Sta
         identity = manifest.get("identity") if isinstance(manifest, dict) else None
         outcome = StageOutcome(plan.stage, "ran", str(plan.output_dir), time.perf_counter() - started, identity,
                                manifest if isinstance(manifest, dict) else None)
-        log.debug("%s: done in %.1f s", plan.stage, outcome.seconds)
+        log.info("%s: done in %.1f s", plan.stage, outcome.seconds)
     report_outcome(outcome)
     return outcome
 
@@ -122,8 +122,8 @@ def report_outcome(outcome: StageOutcome) -> None:
     path = os.environ.get(OUTCOME_ENV)
     if not path or os.environ.get("RANK", "0") != "0":
         return
-    record = {k: v for k, v in asdict(outcome).items() if k != "manifest"}
-    atomic_write_json(path, {**record, "seconds": round(outcome.seconds, 3)})
+    atomic_write_json(path, {"stage": outcome.stage, "status": outcome.status, "output_dir": outcome.output_dir,
+                             "seconds": round(outcome.seconds, 3), "identity": outcome.identity})
 
 
 def read_outcome(path: str | os.PathLike) -> dict[str, Any] | None:
