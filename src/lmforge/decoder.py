@@ -346,6 +346,20 @@ def flash_attention_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def scale_residual_init(model: LmforgeDecoder) -> None:
+    """Shrink the fresh init of o_proj and down_proj by 1 / sqrt(2 x layers) (GPT-2's scheme).
+
+    These two write into the residual stream, once per sub-layer: scaled this way the
+    stream's variance at the output no longer grows with depth. Same tensors, same RNG
+    draws, only smaller; the checkpoint stays a plain Llama.
+    """
+    factor = (2 * len(model.model.layers)) ** -0.5
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(factor)
+            layer.mlp.down_proj.weight.mul_(factor)
+
+
 def build_decoder(arch, vocab_size: int | None = None, *, seed: int = 0) -> LmforgeDecoder:
     """A freshly initialised training decoder for an ArchitectureConfig (fp32 master weights)."""
     from .model import llama_config

@@ -252,6 +252,9 @@ def train(args: argparse.Namespace, plan: Plan) -> int:
     # lmforge's training decoder: Llama weights, fused step (lmforge.decoder); final/ is a plain HF Llama.
     model = build_decoder(plan.arch, plan.tokenizer.vocab_size, seed=t.seed)
     model.set_attention(attn)
+    if t.scale_residual_init and not getattr(args, "init_from", None):
+        from ..decoder import scale_residual_init
+        scale_residual_init(model)  # a fresh model only; a resumed run reloads its weights anyway
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     if getattr(args, "init_from", None):
         from ..init_from import load_initial_weights
