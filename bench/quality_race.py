@@ -303,6 +303,9 @@ def run_one(a, work: Path, data: dict, name: str) -> dict:
         spec["config_sha256"] = __import__("hashlib").sha256(config.read_bytes()).hexdigest()
         result = lmforge_run(a, work, data, spec["name"], config, spec["sets"])
     result["val_loss"] = peer_eval(a, data, result["model_dir"])
+    if "own_val_loss" in result and abs(result["val_loss"] - result["own_val_loss"]) > 1e-3:
+        sys.exit(f"error: the converted reference scores {result['val_loss']} but the reference itself reported "
+                 f"{result['own_val_loss']}: the Llama conversion is wrong")
     if not a.no_wikitext:
         result.update(wikitext_eval(a, work, data, spec["name"], result["model_dir"]))
     result["spec"] = spec

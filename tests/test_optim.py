@@ -116,3 +116,39 @@ def test_scaled_residual_init_shrinks_only_the_residual_writers():
     for (name, p), (_, q) in zip(base.named_parameters(), scaled.named_parameters()):
         factor = 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0  # 1/sqrt(2 x 2 layers)
         assert torch.allclose(q, p * factor), name
+
+
+def test_recommended_config_is_the_plans_run_with_another_recipe():
+    """Same model, steps and batch (same token budget) as the plan's config; only the recipe differs."""
+    import json
+    from pathlib import Path
+
+    from lmforge.stages.pretrain import PretrainConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    plan = load_config(repo / "config/pretrain/training/chinchilla_tiny_500m.json", PretrainConfig)
+    rec = load_config(repo / "config/pretrain/training/recommended_tiny.json", PretrainConfig)
+    assert plan.training.optimizer == "adamw" and plan.training.lr_scheduler == "cosine"  # the plan stays the plan
+    assert rec.training.optimizer == "muon" and rec.architecture == plan.architecture
+    for key in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "seed"):
+        assert getattr(rec.training, key) == getattr(plan.training, key), key
+    assert not rec.training.check()
+    # The pipeline preset is the plan's, step 5 on the recommended config, its outputs beside the plan's.
+    tiny = json.loads((repo / "config/pipelines/tiny_23m.json").read_text())["stages"]
+    recommended = json.loads((repo / "config/pipelines/tiny_23m_recommended.json").read_text())["stages"]
+    assert [s["name"] for s in tiny] == [s["name"] for s in recommended]
+    assert tiny[:4] == recommended[:4]  # the same data, built once
+    assert recommended[4]["args"]["--config"] == "config/pretrain/training/recommended_tiny.json"
+    assert recommended[4]["args"]["--output_dir"] != tiny[4]["args"]["--output_dir"]
+
+
+def test_recommended_pipeline_dry_runs(capsys, monkeypatch):
+    from pathlib import Path
+
+    from lmforge.cli import main as cli
+
+    monkeypatch.delenv("LMFORGE_MIRROR", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert cli(["run", "config/pipelines/tiny_23m_recommended.json", "--dry-run", "--run-dir", "/nonexistent/run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  $ ") == 10 and "recommended_tiny.json" in out

@@ -310,6 +310,9 @@ def announce(plan: Plan, f: dict, attn: str, why: str, accelerator) -> None:
     log.info("Schedule: %s steps = %s tokens, %s epochs; lr %.2e %s, warmup %d", f"{t.max_steps:,}",
              human_count(f["total_tokens"]), ", ".join(f"{e:.2f}" for e in f["epochs"]), t.learning_rate,
              t.lr_scheduler, t.warmup_steps)
+    if t.optimizer != "adamw":  # the plan's AdamW goes unsaid; anything else is named
+        log.info("Optimizer: %s (Muon on hidden matrices at %g x lr, AdamW on embedding and norms)", t.optimizer,
+                 t.muon_lr_scale)
     for p, e in zip(plan.packed, f["epochs"]):
         if e > 1.0:
             log.warning("the schedule wraps the data: %.2f epochs over %s (samples repeat; consider more data "
