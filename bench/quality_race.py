@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus-scale", type=float, default=1.0, help="multiply the pretraining corpus budgets")
     p.add_argument("--runs", default="ref_mb8,ref_mb16,plan,recommended",
                    help="comma-separated: ref_mbN (reference at micro-batch N), plan, recommended, or "
-                   "cfg:NAME=PATH (any lmforge training config, scaled like the recommended one)")
+                   "cfg:NAME=PATH (any lmforge training config, scaled like the recommended one); NAME@TOKENS "
+                   "runs NAME on another budget (e.g. recommended@2400000 for 60%% of 4M)")
     p.add_argument("--recommended", default=str(RECOMMENDED_CONFIG))
     p.add_argument("--set", action="append", default=[], metavar="RUN:KEY=VALUE",
                    help="extra --set for one lmforge run, e.g. recommended:training.learning_rate=0.01")
@@ -280,16 +281,19 @@ def wikitext_eval(a, work: Path, data: dict, name: str, model_dir: str) -> dict:
 
 # ---------------------------------------------------------------- the race
 
-def run_one(a, work: Path, data: dict, name: str) -> dict:
-    """Train (or reuse) one entry, then score it."""
-    spec = {"name": name, "tokens": a.tokens, "shape": a.shape, "seq": a.seq, "vocab": a.vocab,
-            "sets": [s.split(":", 1)[1] for s in a.set if s.split(":", 1)[0] == name],
+def run_one(a, work: Path, data: dict, entry: str) -> dict:
+    """Train (or reuse) one entry, then score it. `NAME@TOKENS` runs NAME on another budget."""
+    name, _, budget = entry.partition("@")
+    if budget:
+        a = argparse.Namespace(**{**vars(a), "tokens": int(budget)})
+    spec = {"name": entry, "tokens": a.tokens, "shape": a.shape, "seq": a.seq, "vocab": a.vocab,
+            "sets": [s.split(":", 1)[1] for s in a.set if s.split(":", 1)[0] in (name, entry)],
             "packed": data["manifest"]["outputs"][0]["sha256"], "val_windows": a.val_windows,
             "wikitext": None if a.no_wikitext else (a.wikitext_docs or "all")}
     if name.startswith("cfg:"):
         name, _, path = name[4:].partition("=")
-        spec["name"], spec["config"] = name, path
-    saved = work / "results" / f"{spec['name']}.json"
+        spec["name"], spec["config"] = name + (f"@{budget}" if budget else ""), path
+    saved = work / "results" / f"{spec['name'].replace('@', '_')}.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
         if old.get("spec") == spec:
@@ -297,17 +301,17 @@ def run_one(a, work: Path, data: dict, name: str) -> dict:
             return old
     print(f"[race] {spec['name']}: training on {a.tokens:,} tokens", flush=True)
     if name.startswith("ref_mb"):
-        result = reference_run(a, work, data, name, int(name[len("ref_mb"):]))
+        result = reference_run(a, work, data, entry.replace("@", "_"), int(name[len("ref_mb"):]))
     else:
         config = {"plan": PLAN_CONFIG, "recommended": Path(a.recommended)}.get(name) or Path(spec["config"])
         spec["config_sha256"] = __import__("hashlib").sha256(config.read_bytes()).hexdigest()
-        result = lmforge_run(a, work, data, spec["name"], config, spec["sets"])
+        result = lmforge_run(a, work, data, spec["name"].replace("@", "_"), config, spec["sets"])
     result["val_loss"] = peer_eval(a, data, result["model_dir"])
     if "own_val_loss" in result and abs(result["val_loss"] - result["own_val_loss"]) > 1e-3:
         sys.exit(f"error: the converted reference scores {result['val_loss']} but the reference itself reported "
                  f"{result['own_val_loss']}: the Llama conversion is wrong")
     if not a.no_wikitext:
-        result.update(wikitext_eval(a, work, data, spec["name"], result["model_dir"]))
+        result.update(wikitext_eval(a, work, data, spec["name"].replace("@", "_"), result["model_dir"]))
     result["spec"] = spec
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result, indent=1) + "\n")
