@@ -162,3 +162,18 @@ def test_recommended_pipeline_dry_runs(capsys, monkeypatch):
     assert cli(["run", "config/pipelines/tiny_23m_recommended.json", "--dry-run", "--run-dir", "/nonexistent/run"]) == 0
     out = capsys.readouterr().out
     assert out.count("  $ ") == 10 and "recommended_tiny.json" in out
+
+
+def test_a_run_from_before_the_new_keys_keeps_its_identity(tmp_path, tiny_tokenizer, tiny_packed):
+    """Default optimizer keys stay out of the run identity (old runs stay up to date); Muon is a different run."""
+    import argparse
+
+    from lmforge.stages.pretrain import add_arguments, build_plan
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--data_dirs", str(tiny_packed), "--tokenizer_dir", str(tiny_tokenizer), "--output_dir", str(tmp_path / "o")]
+    plain = build_plan(parser.parse_args(["--config", str(write_config(tmp_path)), *base])).identity["training"]
+    assert not {"optimizer", "muon_lr_scale", "scale_residual_init", "decay_fraction"} & set(plain)
+    muon = build_plan(parser.parse_args(["--config", str(write_config(tmp_path, optimizer="muon")), *base]))
+    assert muon.identity["training"]["optimizer"] == "muon"

@@ -66,6 +66,12 @@ IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------- public types
 
+# Training keys added after runs already existed (issue 15), with the values that mean
+# "as before". At these values they are left out of a run's identity, so a run started
+# before they existed is still up to date / resumable with the same config.
+LATER_KEYS_AS_BEFORE = {"optimizer": "adamw", "muon_momentum": 0.95, "muon_lr_scale": 1.0,
+                        "scale_residual_init": False, "decay_fraction": 0.2}
+
 @dataclass
 class TrainingConfig:
     """Optimisation, schedule, evaluation and checkpoint settings (the `training` block of a config)."""

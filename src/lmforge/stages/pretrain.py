@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import load_config, parse_set_overrides, spec, to_dict
 from ..errors import ConfigError
 from ..log import get_logger, human_count
-from ..training import TrainingConfig, scaled_warmup
+from ..training import LATER_KEYS_AS_BEFORE, TrainingConfig, scaled_warmup
 
 log = get_logger(__name__)
 
@@ -127,6 +127,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     training = to_dict(cfg.training)
     training.pop("stop_after_steps")  # stopping early does not change what the run is
     training.pop("report_to", None)  # where metrics are sent does not change what the run is
+    for key, before in LATER_KEYS_AS_BEFORE.items():  # runs from before these keys keep their identity
+        if training.get(key) == before:
+            training.pop(key)
     identity = {"architecture": to_dict(arch), "architecture_file": str(arch_path), "training": training,
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights}
