@@ -177,3 +177,17 @@ def test_a_run_from_before_the_new_keys_keeps_its_identity(tmp_path, tiny_tokeni
     assert not {"optimizer", "muon_lr_scale", "scale_residual_init", "decay_fraction"} & set(plain)
     muon = build_plan(parser.parse_args(["--config", str(write_config(tmp_path, optimizer="muon")), *base]))
     assert muon.identity["training"]["optimizer"] == "muon"
+
+
+def test_muon_refuses_sharded_parameters_with_one_clear_error():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from lmforge.training import make_optimizer
+
+    model = build_decoder(MICRO, seed=0)
+    with pytest.raises(LmforgeError, match="whole parameter matrices.*FSDP"):
+        make_optimizer(model, TrainingConfig(**MUON), "cpu", SimpleNamespace(distributed_type=DistributedType.FSDP))
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    assert isinstance(make_optimizer(model, TrainingConfig(**MUON), "cpu", ddp), MuonAdamW)

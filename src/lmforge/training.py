@@ -276,10 +276,18 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model, cfg: TrainingConfig, device_type: str):
+def make_optimizer(model, cfg: TrainingConfig, device_type: str, accelerator=None):
     """The optimizer `cfg.optimizer` names (lmforge.optim: AdamW, or Muon with AdamW)."""
     from .optim import build_optimizer
 
+    if cfg.optimizer == "muon" and accelerator is not None:
+        from accelerate.utils import DistributedType
+
+        # Muon orthogonalises whole matrices: sharded parameters (FSDP, DeepSpeed ZeRO-3) would break it.
+        if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                DistributedType.MULTI_CPU):
+            raise LmforgeError(f"optimizer \"muon\" needs whole parameter matrices on every process; "
+                               f"{accelerator.distributed_type.value} shards them: use \"adamw\" or plain DDP")
     return build_optimizer(model, cfg, device_type)
 
 
@@ -426,7 +434,7 @@ class Trainer:
         if self.compiled:
             compile_in_place(model)  # in place: parameter names (and so checkpoints) stay unchanged
         self._compile_checked = not self.compiled
-        optimizer = make_optimizer(model, cfg, self.device_type)
+        optimizer = make_optimizer(model, cfg, self.device_type, accelerator)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.inner_optimizer = _innermost(self.optimizer)
         self.skips_on_device = bool(self.inner_optimizer.defaults.get("fused"))
