@@ -90,8 +90,29 @@ def test_muon_state_round_trips_and_a_foreign_state_is_refused():
     again.load_state_dict(state)
     buf = next(iter(again._muon.state.values()))["momentum_buffer"]
     assert torch.equal(buf, next(iter(opt._muon.state.values()))["momentum_buffer"]) and buf.abs().sum() > 0
+    # After a load (accelerate.prepare does one) the groups the schedule sets are still the ones stepped.
+    for group in again.param_groups:
+        group["lr"] = 0.25
+    assert {g["lr"] for g in again._muon.param_groups + again._adamw.param_groups} == {0.25}
     with pytest.raises(ValueError, match="Muon"):
         again.load_state_dict(build_optimizer(model, TrainingConfig(), "cpu").state_dict())
+
+
+def test_the_schedule_reaches_both_optimizers_during_training(tiny_packed, tmp_path):
+    """Through accelerate.prepare and the loop: the lr actually stepped follows lr_at (issue-15 regression)."""
+    seen = []
+    original = MuonAdamW.step
+
+    def spy(self, closure=None):
+        seen.append([g["lr"] for g in self._muon.param_groups + self._adamw.param_groups])
+        return original(self, closure)
+
+    c = cfg(max_steps=6, **MUON)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MuonAdamW, "step", spy)
+        train(tiny_packed, tmp_path / "run", c)
+    expected = [[lr_at(s, c) * 2.0, lr_at(s, c), lr_at(s, c)] for s in range(6)]  # muon_lr_scale 2 on Muon
+    assert np.allclose(seen, expected, rtol=1e-12) and seen[0] != seen[-1]
 
 
 def test_muon_wsd_resume_is_exact(tiny_packed, tmp_path):

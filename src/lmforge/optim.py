@@ -89,6 +89,10 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError("not a Muon+AdamW optimizer state (expected 'muon' and 'adamw' parts)")
         self._muon.load_state_dict(state_dict["muon"])
         self._adamw.load_state_dict(state_dict["adamw"])
+        # torch's load_state_dict gives each child new group dicts: hold those again, or an lr set
+        # through this optimizer (the schedule) would no longer reach the steps. accelerate.prepare
+        # calls this once for device placement, so every run goes through here.
+        self.param_groups = self._muon.param_groups + self._adamw.param_groups
 
 
 def build_optimizer(model, cfg, device_type: str) -> torch.optim.Optimizer:
