@@ -32,6 +32,7 @@ finished in <work> are reused (their results.json), so an interrupted race conti
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -293,6 +294,9 @@ def run_one(a, work: Path, data: dict, entry: str) -> dict:
     if name.startswith("cfg:"):
         name, _, path = name[4:].partition("=")
         spec["name"], spec["config"] = name + (f"@{budget}" if budget else ""), path
+    if not name.startswith("ref_mb"):
+        config = {"plan": PLAN_CONFIG, "recommended": Path(a.recommended)}.get(name) or Path(spec["config"])
+        spec["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()  # a changed config is a new run
     saved = work / "results" / f"{spec['name'].replace('@', '_')}.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -303,8 +307,6 @@ def run_one(a, work: Path, data: dict, entry: str) -> dict:
     if name.startswith("ref_mb"):
         result = reference_run(a, work, data, entry.replace("@", "_"), int(name[len("ref_mb"):]))
     else:
-        config = {"plan": PLAN_CONFIG, "recommended": Path(a.recommended)}.get(name) or Path(spec["config"])
-        spec["config_sha256"] = __import__("hashlib").sha256(config.read_bytes()).hexdigest()
         result = lmforge_run(a, work, data, spec["name"].replace("@", "_"), config, spec["sets"])
     result["val_loss"] = peer_eval(a, data, result["model_dir"])
     if "own_val_loss" in result and abs(result["val_loss"] - result["own_val_loss"]) > 1e-3:
