@@ -67,6 +67,9 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert [g["lr"] for g in opt._muon.param_groups] == [1.0] and {g["lr"] for g in opt._adamw.param_groups} == {0.5}
     plain = build_optimizer(model, TrainingConfig(learning_rate=1e-3), "cpu")
     assert isinstance(plain, torch.optim.AdamW) and len(plain.param_groups) == 2
+    # AdamW keeps the model's parameter order (state dicts index by position: older checkpoints resume).
+    ordered = [p for _, p in model.named_parameters() if p.ndim >= 2]
+    assert [id(p) for p in plain.param_groups[0]["params"]] == [id(p) for p in ordered]
 
 
 def test_an_untied_hf_llama_keeps_its_output_head_on_adamw():

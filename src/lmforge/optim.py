@@ -54,6 +54,11 @@ def split_parameters(model) -> tuple[list, list, list]:
     return hidden, other, vectors
 
 
+def params_in_order(model) -> list:
+    """Trainable parameters in `named_parameters` order."""
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Muon on `hidden`, AdamW on `other` (decayed) and `vectors` (not decayed)."""
 
@@ -108,5 +113,9 @@ def build_optimizer(model, cfg, device_type: str) -> torch.optim.Optimizer:
     if cfg.optimizer == "muon" and hidden:
         return MuonAdamW(hidden, other, vectors, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=betas,
                          eps=cfg.adam_eps, momentum=cfg.muon_momentum, muon_lr_scale=cfg.muon_lr_scale, fused=fused)
-    groups = [{"params": hidden + other, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    # The model's own parameter order, as before Muon existed: optimizer state dicts index
+    # parameters by position, so checkpoints written earlier still resume onto the right tensors.
+    matrices = {id(p) for p in hidden + other}
+    decay = [p for p in params_in_order(model) if id(p) in matrices]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_eps, fused=fused)
