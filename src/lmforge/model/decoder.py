@@ -338,6 +338,20 @@ def _rope_theta(config) -> float:
     return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
+def scale_residual_init(model: LmforgeDecoder) -> None:
+    """Shrink the fresh init of o_proj and down_proj by 1 / sqrt(2 x layers) (GPT-2's scheme).
+
+    These two write into the residual stream, once per sub-layer: scaled this way the
+    stream's variance at the output no longer grows with depth. Same tensors, same RNG
+    draws, only smaller; the checkpoint stays a plain Llama.
+    """
+    factor = (2 * len(model.model.layers)) ** -0.5
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(factor)
+            layer.mlp.down_proj.weight.mul_(factor)
+
+
 def build_decoder(arch, vocab_size: int | None = None, *, seed: int = 0) -> LmforgeDecoder:
     """A freshly initialised training decoder for an ArchitectureConfig (fp32 master weights)."""
 

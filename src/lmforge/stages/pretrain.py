@@ -42,7 +42,7 @@ from lmforge.model.architecture import (
     quiet_transformers,
 )
 from lmforge.model.card import write_cards
-from lmforge.model.decoder import build_decoder
+from lmforge.model.decoder import build_decoder, scale_residual_init
 from lmforge.model.hf_files import RUN_TOKENIZER_DIR, prepare_run_tokenizer, set_chat_generation
 from lmforge.model.init_from import check_shape, check_source, load_initial_weights
 from lmforge.model.init_from import identity as init_identity
@@ -50,6 +50,7 @@ from lmforge.pipeline.stage import StagePlan, run_stage
 from lmforge.tokenizer.spm import load_tokenizer_artifact
 from lmforge.training.limits import check_pretrain_fits
 from lmforge.training.loop import (
+    LATER_KEYS_AS_BEFORE,
     CheckpointMeta,
     TrainingConfig,
     _duration,
@@ -159,6 +160,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     training = to_dict(cfg.training)
     training.pop("stop_after_steps")  # stopping early does not change what the run is
     training.pop("report_to", None)  # where metrics are sent does not change what the run is
+    for key, before in LATER_KEYS_AS_BEFORE.items():  # runs from before these keys keep their identity
+        if training.get(key) == before:
+            training.pop(key)
     identity = {"architecture": to_dict(arch), "architecture_file": str(arch_path), "training": training,
                 "vocab_size": tokenizer.vocab_size, "seq_length": seq_length,
                 "data_dirs": [str(p.path) for p in packed], "data_weights": weights,
@@ -229,6 +233,8 @@ def train(args: argparse.Namespace, plan: Plan) -> dict | None:
     # lmforge's training decoder: Llama weights, fused step (lmforge.model.decoder); final/ is a plain HF Llama.
     model = build_decoder(plan.arch, plan.tokenizer.vocab_size, seed=t.seed)
     model.set_attention(attn)
+    if t.scale_residual_init and not getattr(args, "init_from", None):
+        scale_residual_init(model)  # a fresh model only; a resumed run reloads its weights anyway
     set_chat_generation(model)  # saved models stop at </s> and <|im_end|>
     if getattr(args, "init_from", None):
         load_initial_weights(model, args.init_from)
@@ -282,6 +288,9 @@ def announce(plan: Plan, f: dict, attn: str, why: str, accelerator) -> None:
     log.info("Schedule: %s steps = %s tokens, %s epochs; lr %.2e %s, warmup %d", f"{t.max_steps:,}",
              human_count(f["total_tokens"]), ", ".join(f"{e:.2f}" for e in f["epochs"]), t.learning_rate,
              t.lr_scheduler, t.warmup_steps)
+    if t.optimizer != "adamw":  # the plan's AdamW goes unsaid; anything else is named
+        log.info("Optimizer: %s (Muon on hidden matrices at %g x lr, AdamW on embedding and norms)", t.optimizer,
+                 t.muon_lr_scale)
     for p, e in zip(plan.packed, f["epochs"]):
         if e > 1.0:
             log.warning("the schedule wraps the data: %.2f epochs over %s (samples repeat; consider more data "

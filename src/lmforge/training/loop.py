@@ -75,6 +75,7 @@ from lmforge.training.checkpoint import (
     save_model,
     step_dir,
 )
+from lmforge.training.optim import build_optimizer
 from lmforge.training.progress import Trackers, TrainingProgress, requested_trackers
 from lmforge.training.step import (
     compile_in_place,
@@ -94,6 +95,12 @@ IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------- public types
 
+# Training keys added after runs already existed (issue 15), with the values that mean
+# "as before". At these values they are left out of a run's identity, so a run started
+# before they existed is still up to date / resumable with the same config.
+LATER_KEYS_AS_BEFORE = {"optimizer": "adamw", "muon_momentum": 0.95, "muon_lr_scale": 1.0,
+                        "scale_residual_init": False, "decay_fraction": 0.2}
+
 @dataclass
 class TrainingConfig:
     """Optimisation, schedule, evaluation and checkpoint settings (the `training` block of a config)."""
@@ -102,7 +109,17 @@ class TrainingConfig:
     per_device_batch_size: int = spec(8, min=1, help="sequences per micro-batch on each device")
     gradient_accumulation_steps: int = spec(1, min=1, help="micro-batches per optimizer step")
     learning_rate: float = spec(3e-4, min=0.0, help="peak learning rate")
-    lr_scheduler: str = spec("cosine", choices=("cosine", "linear", "constant"))
+    lr_scheduler: str = spec("cosine", choices=("cosine", "linear", "constant", "wsd"),
+                             help="after warmup: cosine or linear to min_lr_ratio, constant, or wsd (warmup-stable-"
+                             "decay: the peak held, then a linear decay to min_lr_ratio over the last decay_fraction)")
+    decay_fraction: float = spec(0.2, min=0.0, max=1.0, help="wsd: share of max_steps spent in the final decay")
+    optimizer: str = spec("adamw", choices=("adamw", "muon"),
+                          help="adamw; or muon: Muon on hidden matrices, AdamW on embedding/output/norms (lmforge.optim)")
+    muon_momentum: float = spec(0.95, min=0.0, max=1.0, help="muon: Nesterov momentum of the Muon groups")
+    muon_lr_scale: float = spec(1.0, min=0.0, help="muon: Muon groups' lr as a multiple of the schedule's "
+                                "(Muon's lr is RMS-matched to AdamW's, so 1.0 is a sane start)")
+    scale_residual_init: bool = spec(False, help="fresh models only: initialise the projections that write into the "
+                                     "residual stream (o_proj, down_proj) with std / sqrt(2 x layers)")
     warmup_steps: int = spec(0, min=0, help="linear warmup from 0 to the peak")
     min_lr_ratio: float = spec(0.1, min=0.0, max=1.0, help="final lr as a fraction of the peak (cosine/linear)")
     weight_decay: float = spec(0.1, min=0.0, help="AdamW decay on matrices; none on norms and biases")
@@ -135,6 +152,11 @@ class TrainingConfig:
         problems = []
         if self.warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
             problems.append(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
+        if self.lr_scheduler == "wsd" and self.warmup_steps + wsd_decay_steps(self) > self.max_steps:
+            problems.append(f"warmup_steps ({self.warmup_steps}) plus the wsd decay ({wsd_decay_steps(self)} steps, "
+                            f"decay_fraction {self.decay_fraction}) exceed max_steps ({self.max_steps})")
+        if self.optimizer != "muon" and (self.muon_momentum != 0.95 or self.muon_lr_scale != 1.0):
+            problems.append("muon_momentum and muon_lr_scale only apply with optimizer \"muon\"")
         return problems
 
     def sequences_per_step(self, world_size: int) -> int:
@@ -254,12 +276,22 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.lr_scheduler == "constant":
         return peak
+    floor = peak * cfg.min_lr_ratio
+    if cfg.lr_scheduler == "wsd":
+        decay = wsd_decay_steps(cfg)
+        left = cfg.max_steps - step  # steps left, this one included
+        # linear over the decay steps, strictly between the peak and the floor (no step wasted at either)
+        return peak if left > decay else floor + (peak - floor) * left / (decay + 1)
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress_ = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = peak * cfg.min_lr_ratio
     if cfg.lr_scheduler == "linear":
         return floor + (peak - floor) * (1.0 - progress_)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def wsd_decay_steps(cfg: TrainingConfig) -> int:
+    """Steps in the final decay of a wsd schedule."""
+    return round(cfg.max_steps * cfg.decay_fraction)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -271,18 +303,17 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model, cfg: TrainingConfig, device_type: str):
-    """AdamW, fused whenever the kernels cover the parameters (CUDA and CPU, float dtypes).
+def make_optimizer(model, cfg: TrainingConfig, device_type: str, accelerator=None):
+    """The optimizer `cfg.optimizer` names (lmforge.training.optim: AdamW, or Muon with AdamW)."""
+    if cfg.optimizer == "muon" and accelerator is not None:
+        from accelerate.utils import DistributedType
 
-    Fused is faster, and it is what lets a non-finite step be skipped on the device.
-    """
-    import torch
-
-    groups = param_groups(model, cfg.weight_decay)
-    params = [p for g in groups for p in g["params"]]
-    fused = device_type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             eps=cfg.adam_eps, fused=fused)
+        # Muon orthogonalises whole matrices: sharded parameters (FSDP, DeepSpeed ZeRO-3) would break it.
+        if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                DistributedType.MULTI_CPU):
+            raise LmforgeError(f"optimizer \"muon\" needs whole parameter matrices on every process; "
+                               f"{accelerator.distributed_type.value} shards them: use \"adamw\" or plain DDP")
+    return build_optimizer(model, cfg, device_type)
 
 
 def _innermost(optimizer):
@@ -427,7 +458,7 @@ class Trainer:
         if self.compiled:
             compile_in_place(model)  # in place: parameter names (and so checkpoints) stay unchanged
         self._compile_checked = not self.compiled
-        optimizer = make_optimizer(model, cfg, self.device_type)
+        optimizer = make_optimizer(model, cfg, self.device_type, accelerator)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.inner_optimizer = _innermost(self.optimizer)
         self.skips_on_device = bool(self.inner_optimizer.defaults.get("fused"))
@@ -540,7 +571,7 @@ class Trainer:
                 loss_sum += self._forward_backward(batch, scale)
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon groups may run at a multiple of the schedule
         grad_norm = self._clip()
         grad_norm = grad_norm.detach().float() if torch.is_tensor(grad_norm) else torch.tensor(float(grad_norm))
         bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm.to(loss_sum.device)))

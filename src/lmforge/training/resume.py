@@ -40,8 +40,9 @@ def choose_resume(run_dir: Path, identity: dict, *, resume: str | None, force: b
     latest = latest_checkpoint(run_dir)
     if latest is None or force:
         return None
-    refuse_other_data(latest, _identity_of(load_meta(latest)), identity)
-    if sha256_json(_identity_of(load_meta(latest))) == sha256_json(identity):
+    recorded = _identity_of(load_meta(latest))
+    refuse_other_data(latest, recorded, identity)
+    if sha256_json(recorded) == sha256_json(_as_recorded(identity, recorded)):
         log.info("found %s from an interrupted run with the same config: continuing (--force starts over)", latest.name)
         return latest
     raise ConfigError(f"{run_dir} holds checkpoints (latest {latest.name}) of a run with a different config: "
@@ -50,6 +51,14 @@ def choose_resume(run_dir: Path, identity: dict, *, resume: str | None, force: b
 
 def _identity_of(meta: dict) -> dict:
     return meta.get("config") or {}
+
+
+def _as_recorded(identity: dict, recorded: dict) -> dict:
+    """`identity` without the keys a checkpoint from an earlier lmforge could not record
+    (its data identities), so an interrupted run from before still continues by itself."""
+    if "data_identities" in recorded:
+        return identity
+    return {k: v for k, v in identity.items() if k != "data_identities"}
 
 
 def refuse_other_data(checkpoint: Path, recorded: dict, current: dict) -> None:
