@@ -127,6 +127,13 @@ def test_second_run_skips_every_stage(quickstart):
     assert f"0 stage(s) ran, {len(STAGES)} skipped" in proc.stdout
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path):
     run, _ = quickstart
     other = tmp_path / "run"
@@ -139,8 +146,13 @@ def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path
     deadline = time.time() + 600
     while not first_ckpt.is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)                        # the runner and its stage, like a power cut
+    # A power cut: the runner and its stage (in a process group of its own, its pid in the lock file).
+    stage_pid = int((other / "checkpoints/pretrain/quickstart/.lmforge.lock").read_text().split()[0])
+    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(stage_pid, signal.SIGKILL)
     proc.wait()
+    while Path(f"/proc/{stage_pid}").exists() and "zombie" not in _state(stage_pid):
+        time.sleep(0.05)
     assert first_ckpt.is_dir() and not (other / "checkpoints/pretrain/quickstart/final").exists()
 
     again = lmforge("run", str(PIPELINE), "--run-dir", str(other), "--only", "pretrain", "--no-report")
