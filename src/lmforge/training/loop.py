@@ -114,7 +114,7 @@ class TrainingConfig:
                              "decay: the peak held, then a linear decay to min_lr_ratio over the last decay_fraction)")
     decay_fraction: float = spec(0.2, min=0.0, max=1.0, help="wsd: share of max_steps spent in the final decay")
     optimizer: str = spec("adamw", choices=("adamw", "muon"),
-                          help="adamw; or muon: Muon on hidden matrices, AdamW on embedding/output/norms (lmforge.optim)")
+                          help="adamw; or muon: Muon on hidden matrices, AdamW on embedding/output/norms (lmforge.training.optim)")
     muon_momentum: float = spec(0.95, min=0.0, max=1.0, help="muon: Nesterov momentum of the Muon groups")
     muon_lr_scale: float = spec(1.0, min=0.0, help="muon: Muon groups' lr as a multiple of the schedule's "
                                 "(Muon's lr is RMS-matched to AdamW's, so 1.0 is a sane start)")
