@@ -14,7 +14,8 @@ from lmforge.data.pretrain_batches import PackedBatches, eval_batches
 from lmforge.data.packed import open_packed_dir
 from lmforge.model.architecture import ArchitectureConfig, build_model, quiet_transformers
 from lmforge.training.loop import (CheckpointMeta, TrainingConfig, TrainingDiverged, lr_at, make_accelerator,
-                              param_groups, run_training)
+                                   run_training)
+from lmforge.training.optim import param_groups
 
 ARCH = ArchitectureConfig(name="micro", vocab_size=400, hidden_size=64, num_layers=2, num_heads=2,
                           intermediate_size=128, max_position_embeddings=64)

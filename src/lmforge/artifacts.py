@@ -79,17 +79,14 @@ def confined_writes(*roots: str | os.PathLike) -> Iterator[None]:
         _WRITE_ROOTS.pop()
 
 
-def write_allowed(path: str | os.PathLike) -> bool:
-    if not _WRITE_ROOTS:
-        return True
-    resolved = Path(path).resolve()
-    return any(resolved == root or root in resolved.parents for root in _WRITE_ROOTS[-1])
-
-
 def check_write_allowed(path: str | os.PathLike) -> None:
-    if not write_allowed(path):
+    """Refuse `path` when a stage's writes are confined (`confined_writes`) and it lies elsewhere."""
+    if not _WRITE_ROOTS:
+        return
+    resolved = Path(path).resolve()
+    if not any(resolved == root or root in resolved.parents for root in _WRITE_ROOTS[-1]):
         raise ArtifactError(f"refused to write {path}: it lies outside this stage's output directory "
-                            f"{_WRITE_ROOTS[-1][0]} (resolved: {Path(path).resolve()}); nothing was written there")
+                            f"{_WRITE_ROOTS[-1][0]} (resolved: {resolved}); nothing was written there")
 
 
 @contextlib.contextmanager
@@ -443,13 +440,11 @@ def cached_file_fact(path: str | os.PathLike, key: str, compute) -> Any:
         entry[key] = value
         cache[p.name] = entry
         # The one write a stage makes beside its inputs: this fixed-name sidecar, best effort.
-        _WRITE_ROOTS.append((cache_path.parent.resolve(),))
-        try:
-            atomic_write_json(cache_path, cache)
-        except OSError:
-            pass  # read-only input: no cache, still checked
-        finally:
-            _WRITE_ROOTS.pop()
+        with confined_writes(cache_path.parent):
+            try:
+                atomic_write_json(cache_path, cache)
+            except OSError:
+                pass  # read-only input: no cache, still checked
     return value
 
 

@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.artifacts import MANIFEST_NAME, read_json, sha256_file
+from lmforge.artifacts import MANIFEST_NAME, load_manifest, read_json, sha256_file
 from lmforge.errors import ArtifactError, ConfigError
 from lmforge.tokenizer.format import MODEL_FILE, SPECIAL_TOKENS
 from lmforge.tokenizer.spm import load_tokenizer_artifact
@@ -50,6 +50,14 @@ def hf_tokenizer_sha256(tokenizer_dir: str | os.PathLike) -> str:
         if (root / name).is_file():
             return sha256_file(root / name)
     raise ArtifactError(f"{root}: no tokenizer (neither {MODEL_FILE}, tokenizer.json nor tokenizer.model)")
+
+
+def base_tokenizer_sha256(model_dir: str | os.PathLike) -> str | None:
+    """The tokenizer a base model was made with: its own Hugging Face tokenizer files for a
+    model lmforge did not make, else what its (pretrain or SFT) manifest records."""
+    if is_external_model(model_dir):
+        return hf_tokenizer_sha256(model_dir)
+    return load_manifest(model_dir, ("pretrain", "sft")).get("tokenizer_sha256")
 
 
 def check_external_model(model_dir: str | os.PathLike) -> None:

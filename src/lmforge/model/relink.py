@@ -12,12 +12,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmforge.artifacts import MANIFEST_NAME, atomic_write_json, check_tokenizer_lineage, describe_file, read_json
+from lmforge.artifacts import (
+    MANIFEST_NAME,
+    artifact_identity,
+    atomic_write_json,
+    check_tokenizer_lineage,
+    describe_file,
+    read_json,
+)
 from lmforge.errors import ArtifactError
 from lmforge.log import get_logger
 from lmforge.model.adapter import ADAPTER_CONFIG, BASE_FILE, is_adapter_dir, record_base
 from lmforge.model.card import write_cards
-from lmforge.model.external import hf_tokenizer_sha256, is_external_model
+from lmforge.model.external import base_tokenizer_sha256
 
 log = get_logger(__name__)
 
@@ -66,13 +73,8 @@ def _choose_base(adapter: Path, config: dict, sidecar: dict, base_dir) -> Path:
 
 def _check_base_tokenizer(adapter: Path, base: Path, expected: str | None) -> None:
     """The base must carry the tokenizer the adapter was trained with (when the adapter says which)."""
-    if not expected:
-        return
-    if is_external_model(base):
-        found = hf_tokenizer_sha256(base)
-    else:
-        found = read_json(base / MANIFEST_NAME, "manifest").get("tokenizer_sha256")
-    check_tokenizer_lineage(expected, f"adapter {adapter}", found, f"base model {base}")
+    if expected:
+        check_tokenizer_lineage(expected, f"adapter {adapter}", base_tokenizer_sha256(base), f"base model {base}")
 
 
 def _update_manifest(adapter: Path) -> None:
@@ -87,6 +89,7 @@ def _update_manifest(adapter: Path) -> None:
     for i, entry in enumerate(outputs):
         if isinstance(entry, dict) and entry.get("path") in rewritten:
             outputs[i] = describe_file(root / entry["path"], root)
+    manifest["identity"] = artifact_identity(manifest)  # what the model now is: its adapter names another path
     atomic_write_json(path, manifest)
     if (root / "config.json").is_file():
         write_cards(root)  # the cards show the base's path and the load snippet

@@ -50,7 +50,7 @@ class StagePlan:
     stage: str                                   # the manifest's `stage` ("tokenizer", "pack", ...)
     output_dir: Path                             # the artifact: its manifest.json marks it complete
     config: Any                                  # the resolved config record; its sha256 is part of the identity
-    inputs: dict[str, Path] = field(default_factory=dict)   # role -> input artifact (directory or file)
+    inputs: dict[str, str | Path] = field(default_factory=dict)  # role -> input artifact (directory or file)
     force: bool = False                          # --force: rebuild even when up to date
     run_anyway: str | None = None                # a reason to run without checking (e.g. "--resume")
     workdir: Path | None = None                  # the directory written and locked (default: output_dir)
@@ -88,10 +88,9 @@ def run_stage(plan: StagePlan, build: Callable[[StagePlan], dict | None]) -> Sta
         if plan.run_anyway:
             log.debug("%s: running (%s)", plan.stage, plan.run_anyway)
         with _locked(plan.locked_dir), confined_writes(plan.locked_dir, *plan.also_writes):
-            manifest = build(plan)
-        identity = manifest.get("identity") if isinstance(manifest, dict) else None
-        outcome = StageOutcome(plan.stage, "ran", str(plan.output_dir), time.perf_counter() - started, identity,
-                               manifest if isinstance(manifest, dict) else None)
+            manifest = build(plan) or None  # None: the run stopped before its output (e.g. stop_after_steps)
+        outcome = StageOutcome(plan.stage, "ran", str(plan.output_dir), time.perf_counter() - started,
+                               manifest and manifest.get("identity"), manifest)
         log.info("%s: done in %.1f s", plan.stage, outcome.seconds)
     report_outcome(outcome)
     return outcome

@@ -202,7 +202,7 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> int:
     plan = build_plan(args)
-    stage_plan = StagePlan(STAGE, plan.run_dir / "final", plan.identity, {k: Path(v) for k, v in plan.inputs.items()},
+    stage_plan = StagePlan(STAGE, plan.run_dir / "final", plan.identity, plan.inputs,
                            force=args.force, run_anyway="--resume" if args.resume else None, workdir=plan.run_dir)
     run_stage(stage_plan, lambda _: train(args, plan))
     return 0

@@ -44,7 +44,7 @@ from lmforge.log import get_logger, human_count
 from lmforge.model.adapter import record_base
 from lmforge.model.architecture import quiet_transformers
 from lmforge.model.card import write_cards
-from lmforge.model.external import check_external_model, hf_tokenizer_sha256, is_external_model, load_any_tokenizer
+from lmforge.model.external import base_tokenizer_sha256, check_external_model, is_external_model, load_any_tokenizer
 from lmforge.model.hf_files import RUN_TOKENIZER_DIR, model_context, prepare_run_tokenizer, set_chat_generation
 from lmforge.model.loading import load_causal_lm
 from lmforge.pipeline.stage import StagePlan, run_stage
@@ -122,9 +122,7 @@ def resolve(args) -> Plan:
     tokenizer = load_any_tokenizer(args.tokenizer_path)
     if is_external_model(args.model_path):  # a plain Hugging Face model: its own tokenizer files name it
         check_external_model(args.model_path)
-        base_sha = hf_tokenizer_sha256(args.model_path)
-    else:
-        base_sha = load_manifest(args.model_path, ("pretrain", "sft")).get("tokenizer_sha256")
+    base_sha = base_tokenizer_sha256(args.model_path)
     check_tokenizer_lineage(tokenizer.sha256, f"tokenizer {args.tokenizer_path}", base_sha,
                             f"base model {args.model_path}")
     manifests = []
@@ -205,7 +203,7 @@ def export_final(model, out_dir: Path, *, base_dir: str | None = None, final_dir
 def main(args) -> int:
     plan = resolve(args)
     out = Path(args.output_dir)
-    stage_plan = StagePlan(STAGE, out / "final", plan.config_dict, {k: Path(v) for k, v in plan.inputs.items()},
+    stage_plan = StagePlan(STAGE, out / "final", plan.config_dict, plan.inputs,
                            force=args.force, run_anyway="--resume" if args.resume else None, workdir=out)
     run_stage(stage_plan, lambda _: train(args, plan))
     return 0

@@ -108,8 +108,8 @@ def train_tokenizer(cfg: TokenizerConfig, output_dir: str | Path, *, force: bool
                     verbose: bool = False) -> dict:
     """The whole stage through the runner (skipped when up to date). Returns the manifest."""
     plan = plan_tokenizer(cfg, output_dir, force=force)
-    run_stage(plan, lambda p: build_tokenizer(cfg, p, verbose))
-    return load_manifest(plan.output_dir, STAGE)
+    outcome = run_stage(plan, lambda p: build_tokenizer(cfg, p, verbose))
+    return outcome.manifest or load_manifest(plan.output_dir, STAGE)
 
 
 def build_tokenizer(cfg: TokenizerConfig, plan: StagePlan, verbose: bool = False) -> dict:

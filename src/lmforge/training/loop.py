@@ -155,7 +155,8 @@ class TrainingConfig:
         if self.lr_scheduler == "wsd" and self.warmup_steps + wsd_decay_steps(self) > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) plus the wsd decay ({wsd_decay_steps(self)} steps, "
                             f"decay_fraction {self.decay_fraction}) exceed max_steps ({self.max_steps})")
-        if self.optimizer != "muon" and (self.muon_momentum != 0.95 or self.muon_lr_scale != 1.0):
+        muon_only = ("muon_momentum", "muon_lr_scale")
+        if self.optimizer != "muon" and any(getattr(self, k) != LATER_KEYS_AS_BEFORE[k] for k in muon_only):
             problems.append("muon_momentum and muon_lr_scale only apply with optimizer \"muon\"")
         return problems
 
@@ -292,15 +293,6 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
 def wsd_decay_steps(cfg: TrainingConfig) -> int:
     """Steps in the final decay of a wsd schedule."""
     return round(cfg.max_steps * cfg.decay_fraction)
-
-
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two AdamW groups: matrices decay, vectors (norms, biases) do not."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_optimizer(model, cfg: TrainingConfig, device_type: str, accelerator=None):

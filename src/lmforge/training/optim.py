@@ -54,9 +54,14 @@ def split_parameters(model) -> tuple[list, list, list]:
     return hidden, other, vectors
 
 
-def params_in_order(model) -> list:
-    """Trainable parameters in `named_parameters` order."""
-    return [p for _, p in model.named_parameters() if p.requires_grad]
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups, in the model's own order: matrices decay,
+    vectors (norms, biases) do not."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -107,15 +112,12 @@ def build_optimizer(model, cfg, device_type: str) -> torch.optim.Optimizer:
     faster, and it lets a non-finite step be skipped on the device.
     """
     hidden, other, vectors = split_parameters(model)
-    params = hidden + other + vectors
-    fused = device_type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
+    fused = device_type in ("cuda", "cpu") and all(p.is_floating_point() for p in hidden + other + vectors)
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     if cfg.optimizer == "muon" and hidden:
         return MuonAdamW(hidden, other, vectors, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=betas,
                          eps=cfg.adam_eps, momentum=cfg.muon_momentum, muon_lr_scale=cfg.muon_lr_scale, fused=fused)
     # The model's own parameter order, as before Muon existed: optimizer state dicts index
     # parameters by position, so checkpoints written earlier still resume onto the right tensors.
-    matrices = {id(p) for p in hidden + other}
-    decay = [p for p in params_in_order(model) if id(p) in matrices]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_eps, fused=fused)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas,
+                             eps=cfg.adam_eps, fused=fused)
