@@ -4,11 +4,15 @@ Two steps, the first on the CPU side (it needs the corpus/tokenizer/pack stages)
 second on the GPU machine (which has torch/transformers/accelerate/sentencepiece/
 safetensors but not `datasets`; nothing imported on that path needs it):
 
-    # 1. CPU, once (~1-2 min): packed tokens small enough to carry (~1 MB, git-ignored)
+    # 1. CPU, once (~1-2 min): packed tokens small enough to carry (~1 MB, git-ignored), and a
+    #    copy of the reference benchmark (../shared does not travel to the GPU machine)
     python bench/gpu_check.py --prepare data/gpu_check
+    #    optional, for --race: the quality race's data (~55 MB; see bench/quality_race.py)
+    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 2.8 \
+        --work runs/gpu_race --prepare data/gpu_race
 
-    # 2. GPU (<= 8 min on one H100/H200); carry data/gpu_check with the working tree
-    python bench/gpu_check.py --data data/gpu_check
+    # 2. GPU (<= 8 min on one H100/H200, ~13 with --race); carry data/gpu_check (and data/gpu_race)
+    python bench/gpu_check.py --data data/gpu_check [--race data/gpu_race]
 
 Step 2 runs, each in its own process with its own time limit:
   a. bench/train_throughput.py on the 23M tiny shape (V 32768, T 1024): lmforge's step
@@ -19,6 +23,9 @@ Step 2 runs, each in its own process with its own time limit:
      config/pretrain/training/chinchilla_tiny_500m.json ...`), on the carried pack with
      --max_steps 200: compile on by default, the automatic micro-batch, the log's tok/s
      and peak VRAM, and the final manifest;
+  c. with --race, bench/quality_race.py on the carried folder: the reference (micro-batch 32)
+     and lmforge's recommended recipe (bf16), the 23M shape on 25M tokens, both scored on the
+     same validation windows and on WikiText-2 (issue 15's GPU target);
 and prints a short table last. Everything (logs, JSON, the manifest) goes under $OUT
 (or --out). Without CUDA it falls back to a CPU smoke size so the script itself is tested.
 """
@@ -37,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PLAN_CONFIG = "config/pretrain/training/chinchilla_tiny_500m.json"
+PEER_SOURCE = REPO.parent / "shared" / "bench" / "peer_train_bench.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="details go here (default $OUT)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="default: 200 on CUDA, 2 on CPU")
     p.add_argument("--seq", type=int, default=1024, help="--prepare: packed sequence length")
+    p.add_argument("--race", metavar="DIR", default=None,
+                   help="also run the quality race (issue 15) on a `quality_race.py --prepare DIR` folder: the "
+                   "reference and the recommended recipe, the 23M shape on 25M tokens (CPU: a smoke size)")
+    p.add_argument("--race-timeout", type=int, default=300, help="seconds for the race (default 300)")
     return p.parse_args(argv)
 
 
@@ -90,14 +102,20 @@ def prepare(out: Path, seq: int) -> int:
     import shutil
 
     shutil.rmtree(out / "corpus" / "cache", ignore_errors=True)  # only packed/ and tokenizer/ need to travel
+    if not PEER_SOURCE.is_file():
+        print(f"error: reference benchmark not found: {PEER_SOURCE}", file=sys.stderr)
+        return 1
+    shutil.copy(PEER_SOURCE, out / PEER_SOURCE.name)  # ../shared does not travel to the GPU machine
     print(f"prepared {out}: carry it with the working tree (run(..., carry=['{out}']))")
     return 0
 
 
 # ---------------------------------------------------------------- GPU side
 
-def throughput(out: Path, cuda: bool) -> dict:
+def throughput(out: Path, data: Path, cuda: bool) -> dict:
     cmd = [sys.executable, str(HERE / "train_throughput.py"), "--once", "--json", str(out / "throughput.json")]
+    if (data / PEER_SOURCE.name).is_file():  # the copy --prepare carried
+        cmd += ["--peer-source", str(data / PEER_SOURCE.name)]
     cmd += [] if cuda else ["--small", "--steps", "3", "--warmup", "1"]
     code, text, secs = run(cmd, out / "throughput.log", 270 if cuda else 600)
     result = {"returncode": code, "seconds": round(secs, 1)}
@@ -138,6 +156,24 @@ def pretrain(out: Path, data: Path, steps: int, cuda: bool) -> dict:
     return result
 
 
+def race(out: Path, race_dir: Path, cuda: bool, timeout: int) -> dict:
+    """The quality race on the carried folder; models stay in a temporary dir, the results come to `out`."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="lmforge_race_"))
+    size = ["--tokens", "25000000"] if cuda else ["--tokens", "20000", "--wikitext-docs", "2", "--val-windows", "4"]
+    cmd = [sys.executable, str(HERE / "quality_race.py"), "--shape", "tiny", "--seq", "1024", "--data-dir",
+           str(race_dir), "--runs", "ref_mb32,recommended", "--work", str(work), "--json", str(out / "race.json"),
+           *size]
+    code, text, secs = run(cmd, out / "race.log", timeout)
+    result = {"returncode": code, "seconds": round(secs, 1), "command": " ".join(cmd)}
+    if (out / "race.json").is_file():
+        result["table"] = json.loads((out / "race.json").read_text())["table"]
+    else:
+        result["tail"] = text[-2000:]
+    return result
+
+
 def table(report: dict) -> str:
     lines = [f"gpu_check on {report['device']} ({report['seconds']:.0f} s)", "", "variant | tok/s | MFU | peak mem GiB"]
     peak = report["throughput"].get("bf16_matmul_tflops")
@@ -159,6 +195,9 @@ def table(report: dict) -> str:
               f"peak VRAM {fig.get('peak_vram_gib', 'n/a')} GiB, compiled {fig.get('compiled')}",
               f"  {p.get('micro_batch_line') or 'micro-batch: as configured'}",
               f"  {p.get('attention_line') or ''}"]
+    if "race" in report:
+        r = report["race"]
+        lines += ["", f"quality race (exit {r['returncode']}, {r['seconds']:.0f} s):", r.get("table") or r.get("tail", "")]
     return "\n".join(lines)
 
 
@@ -172,18 +211,21 @@ def check(args) -> int:
     start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu (no CUDA: smoke size)",
               "torch": torch.__version__}
-    report["throughput"] = throughput(out, cuda)
+    report["throughput"] = throughput(out, data, cuda)
     if (data / "packed").is_dir() and (data / "tokenizer").is_dir():
         report["pretrain"] = pretrain(out, data, args.pretrain_steps or (200 if cuda else 2), cuda)
     else:
         report["pretrain"] = {"returncode": None, "tok_s_last": None,
                               "tail": f"{data} has no packed/ and tokenizer/: run --prepare first (CPU side)"}
+    if args.race:
+        report["race"] = race(out, Path(args.race).resolve(), cuda, args.race_timeout)
     report["seconds"] = time.perf_counter() - start
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     text = table(report)
     (out / "gpu_check.txt").write_text(text + "\n")
     print(text, flush=True)
-    ok = report["throughput"]["returncode"] == 0 and report["pretrain"].get("returncode") == 0
+    ok = report["throughput"]["returncode"] == 0 and report["pretrain"].get("returncode") == 0 and \
+        report.get("race", {}).get("returncode", 0) == 0
     return 0 if ok else 1
 
 

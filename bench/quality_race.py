@@ -27,6 +27,16 @@ One run, in this order:
 
 It prints one table (and writes it with every figure to <work>/race.json). Runs already
 finished in <work> are reused (their results.json), so an interrupted race continues.
+
+On a GPU machine without `datasets` or the mirror (the device machine), build the data here
+and carry it (about 55 MB for 25M tokens at a 32K vocabulary, under the 64 MiB a call takes):
+
+    # CPU, once: packed/, tokenizer/, WikiText-2 test pages and the reference script in one folder
+    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 2.8 \
+        --work runs/gpu_race --prepare data/gpu_race
+    # GPU: train and score from that folder alone (bf16 for lmforge's runs on CUDA)
+    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --tokens 25000000 \
+        --data-dir data/gpu_race --runs ref_mb32,recommended --work /tmp/race --json $OUT/race.json
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's lmforge, installed or not (as its child processes get it)
 PEER = ROOT.parent / "shared" / "bench" / "peer_quality_bench.py"
 PLAN_CONFIG = ROOT / "config/pretrain/training/chinchilla_tiny_500m.json"
 RECOMMENDED_CONFIG = ROOT / "config/pretrain/training/recommended_tiny.json"
@@ -54,6 +66,7 @@ SHAPES = {
 # Pretraining corpus per source (exact tokens, counted with the race tokenizer). About
 # 10M tokens: a 4M-token run samples windows from it without repeating much.
 CORPUS_TOKENS = {"c4": 700_000, "gutenberg": 3_000_000, "fineweb_edu": 3_000_000, "wikipedia": 3_000_000}
+WIKITEXT_FILE = "wikitext2_test.raw"  # the pages lmforge eval scores, as raw lines (read without `datasets`)
 TOKENIZER_TOKENS = {"c4": 500_000, "gutenberg": 800_000, "fineweb_edu": 600_000, "wikipedia": 800_000}
 
 
@@ -76,9 +89,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-windows", type=int, default=64)
     p.add_argument("--wikitext-docs", type=int, default=None, help="WikiText-2 test pages scored (default: all 62)")
     p.add_argument("--no-wikitext", action="store_true", help="skip lmforge eval (validation loss only)")
-    p.add_argument("--peer", default=str(PEER))
+    p.add_argument("--peer", default=None, help=f"the reference script (default: DATA_DIR's copy, else {PEER})")
     p.add_argument("--json", default=None, help="also write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--prepare", metavar="DIR", default=None,
+                   help="build the data, copy what a GPU machine needs into DIR (packed/, tokenizer/, "
+                   f"{WIKITEXT_FILE}, the reference script) and stop")
+    p.add_argument("--data-dir", default=None,
+                   help="train on a --prepare folder instead of building data (no `datasets`, no mirror needed)")
+    p.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
+                   help="lmforge runs' precision (default: bf16 on CUDA, fp32 on CPU, as the reference does)")
+    a = p.parse_args(argv)
+    data_dir = Path(a.data_dir) if a.data_dir else None
+    if a.peer is None:
+        a.peer = str(data_dir / PEER.name) if data_dir and (data_dir / PEER.name).is_file() else str(PEER)
+    a.wikitext_file = str(data_dir / WIKITEXT_FILE) if data_dir and (data_dir / WIKITEXT_FILE).is_file() else None
+    return a
 
 
 def lmforge(*args: str, log: Path) -> None:
@@ -119,8 +144,34 @@ def build_data(a: argparse.Namespace, work: Path) -> dict:
             "--set=processing_params.shard_max_tokens=1000000", log=log)
     lmforge("pack", "--config", "config/pretrain/packing/default.json", "--corpus-dir", str(corpus),
             "--tokenizer-dir", str(tok), "--output-dir", str(packed), f"--set=seq_length={a.seq}", log=log)
-    manifest = json.loads((packed / "manifest.json").read_text())
-    return {"tokenizer": tok, "packed": packed, "manifest": manifest}
+    return prebuilt_data(data)
+
+
+def prebuilt_data(data: Path) -> dict:
+    """The packed rows and tokenizer of a data folder (built here, or carried to a GPU machine)."""
+    packed, tok = data / "packed", data / "tokenizer"
+    if not (packed / "manifest.json").is_file() or not (tok / "manifest.json").is_file():
+        sys.exit(f"error: {data} has no packed/ and tokenizer/ with their manifests (build it with --prepare)")
+    return {"tokenizer": tok, "packed": packed, "manifest": json.loads((packed / "manifest.json").read_text())}
+
+
+def prepare_carry(a: argparse.Namespace, data: dict, dest: Path) -> None:
+    """Copy what a GPU machine needs (it has neither `datasets` nor the mirror) into one folder."""
+    from lmforge.evaluation.datasets import load_wikitext
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copytree(data["packed"], dest / "packed")
+    shutil.copytree(data["tokenizer"], dest / "tokenizer")
+    pages = load_wikitext(mirror=a.mirror).records  # the pages `lmforge eval` reads from the mirror
+    (dest / WIKITEXT_FILE).write_bytes("".join(pages).encode("utf-8"))
+    if load_wikitext(dest / WIKITEXT_FILE).records != pages:  # the raw file must rebuild exactly those pages
+        sys.exit(f"error: {dest / WIKITEXT_FILE} does not rebuild the mirror's WikiText-2 pages")
+    shutil.copy(a.peer, dest / PEER.name)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"prepared {dest} ({size / 2**20:.1f} MiB; {len(pages)} WikiText-2 pages): carry it to the GPU machine and "
+          f"run with --data-dir {dest}")
 
 
 # ---------------------------------------------------------------- 2. training
@@ -151,6 +202,8 @@ def lmforge_run(a, work: Path, data: dict, name: str, config: Path, extra: list[
     sets = {**scaled_schedule(config, a.tokens, a.seq), "architecture": str(arch.resolve()),
             "training.eval_every": 0, "training.save_every": 0, "training.eval_batches": 4,
             "training.log_every": 50, "training.tensorboard": False}
+    if a.mixed_precision:
+        sets["training.mixed_precision"] = a.mixed_precision
     args = [f"--set={k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in sets.items()]
     args += [f"--set={x}" for x in extra]
     out = work / "runs" / name
@@ -270,9 +323,13 @@ def peer_eval(a, data: dict, model_dir: str) -> float:
 def wikitext_eval(a, work: Path, data: dict, name: str, model_dir: str) -> dict:
     out = work / "eval" / name
     args = ["--model_path", model_dir, "--tokenizer_path", str(data["tokenizer"]), "--output_dir", str(out),
-            "--mirror", a.mirror, "--force", "--set=boolq.enabled=false", "--set=generation.enabled=false"]
+            "--force", "--set=boolq.enabled=false", "--set=generation.enabled=false"]
     if a.wikitext_docs:
         args += ["--max-wikitext-docs", str(a.wikitext_docs)]
+    if a.wikitext_file:  # a carried copy of the mirror's pages (no `datasets` on a GPU machine)
+        args += [f"--set=wikitext.local_file={Path(a.wikitext_file).resolve()}"]
+    else:
+        args += ["--mirror", a.mirror]
     lmforge("eval", *args, log=work / f"{name}.eval.log")
     wt = json.loads((out / "results.json").read_text())["wikitext"]
     return {"bits_per_byte": wt["bits_per_byte"], "word_perplexity": wt["word_perplexity"]}
@@ -294,7 +351,7 @@ def run_one(a, work: Path, data: dict, entry: str) -> dict:
         spec["name"], spec["config"] = name + (f"@{budget}" if budget else ""), path
     if not name.startswith("ref_mb"):
         config = {"plan": PLAN_CONFIG, "recommended": Path(a.recommended)}.get(name) or Path(spec["config"])
-        spec["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()  # a changed config is a new run
+        spec["config_sha256"] = settings_sha256(config)  # changed settings make a new run; a new comment does not
     saved = work / "results" / f"{spec['name'].replace('@', '_')}.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -319,6 +376,16 @@ def run_one(a, work: Path, data: dict, entry: str) -> dict:
     return result
 
 
+def settings_sha256(config: Path) -> str:
+    """sha256 of a config's settings: its JSON without `_comment` keys, in canonical form."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not k.startswith("_")}
+        return node
+    canonical = json.dumps(strip(json.loads(config.read_text())), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def table(results: list[dict]) -> str:
     refs = [r["val_loss"] for r in results if r["spec"]["name"].startswith("ref_")]
     best = min(refs) if refs else None
@@ -338,7 +405,18 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.peer).is_file():
         sys.exit(f"error: reference trainer not found: {a.peer} (--peer)")
     work = Path(a.work)
-    data = build_data(a, work)
+    if a.mixed_precision is None:
+        import torch
+
+        a.mixed_precision = "bf16" if torch.cuda.is_available() else None
+    data = prebuilt_data(Path(a.data_dir)) if a.data_dir else build_data(a, work)
+    figures = data["manifest"]["figures"]
+    if (a.vocab, a.seq) != (figures["vocab_size"], figures["seq_length"]):  # a carried folder decides its own
+        print(f"[race] the data has vocab {figures['vocab_size']:,} and rows of {figures['seq_length']}: using those")
+        a.vocab, a.seq = figures["vocab_size"], figures["seq_length"]
+    if a.prepare:
+        prepare_carry(a, data, Path(a.prepare))
+        return 0
     results = [run_one(a, work, data, name) for name in a.runs.split(",") if name]
     text = table(results)
     print(text)

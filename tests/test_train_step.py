@@ -157,8 +157,9 @@ def test_loss_sum_is_the_same_for_the_decoder_and_its_hf_twin():
         assert abs(training_loss_sum(hf, batch).item() - training_loss_sum(ours, batch).item()) < 1e-3
 
 
-def test_pretrain_runs_without_the_datasets_package(tmp_path, tiny_tokenizer, tiny_packed):
-    """The GPU machine has no `datasets`: the pretraining path (and the benchmark scripts) must not need it."""
+def test_pretrain_and_eval_run_without_the_datasets_package(tmp_path, tiny_tokenizer, tiny_packed):
+    """The GPU machine has no `datasets`: pretraining, WikiText scoring from a carried raw file (the quality
+    race's GPU path) and the benchmark scripts must not need it."""
     import json
     import os
     import subprocess
@@ -169,14 +170,22 @@ def test_pretrain_runs_without_the_datasets_package(tmp_path, tiny_tokenizer, ti
 
     repo = Path(__file__).resolve().parents[1]
     config = write_config(tmp_path, max_steps=2, save_every=0, eval_every=0)
+    wikitext = tmp_path / "wiki.test.raw"
+    wikitext.write_text(" = First = \n The first page , short .\n \n = Second = \n Another page @-@ here .\n")
+    final = tmp_path / "out" / "micro" / "final"
     code = ("import sys, runpy; sys.modules['datasets'] = None\n"  # any `import datasets` now fails
-            "sys.path.insert(0, 'bench'); import gpu_check, train_throughput\n"
+            "sys.path.insert(0, 'bench'); import gpu_check, train_throughput, quality_race\n"
             "from lmforge.cli import main\n"
-            f"sys.exit(main(['pretrain', '--config', {str(config)!r}, '--data_dirs', {str(tiny_packed)!r}, "
-            f"'--tokenizer_dir', {str(tiny_tokenizer)!r}, '--output_dir', {str(tmp_path / 'out')!r}]))")
+            f"code = main(['pretrain', '--config', {str(config)!r}, '--data_dirs', {str(tiny_packed)!r}, "
+            f"'--tokenizer_dir', {str(tiny_tokenizer)!r}, '--output_dir', {str(tmp_path / 'out')!r}])\n"
+            f"sys.exit(code or main(['eval', '--model_path', {str(final)!r}, '--tokenizer_path', "
+            f"{str(tiny_tokenizer)!r}, '--output_dir', {str(tmp_path / 'eval')!r}, '--set=boolq.enabled=false', "
+            f"'--set=generation.enabled=false', '--set=wikitext.local_file={wikitext}']))")
     env = {**os.environ, "PYTHONPATH": str(repo / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "micro" / "final" / "manifest.json").read_text())
     assert manifest["figures"]["steps"] == 2 and manifest["figures"]["compiled"] is False  # auto: off on CPU
     assert manifest["figures"]["micro_batch"] == 4 and manifest["figures"]["gradient_accumulation_steps"] == 2
+    wt = json.loads((tmp_path / "eval" / "results.json").read_text())["wikitext"]
+    assert wt["documents"] == 2 and wt["bits_per_byte"] > 0
