@@ -8,7 +8,7 @@ safetensors but not `datasets`; nothing imported on that path needs it):
     #    copy of the reference benchmark (../shared does not travel to the GPU machine)
     python bench/gpu_check.py --prepare data/gpu_check
     #    optional, for --race: the quality race's data (~55 MB; see bench/quality_race.py)
-    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 2.8 \
+    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 3.4 \
         --work runs/gpu_race --prepare data/gpu_race
 
     # 2. GPU (<= 8 min on one H100/H200, ~13 with --race); carry data/gpu_check (and data/gpu_race)

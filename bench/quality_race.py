@@ -32,7 +32,7 @@ On a GPU machine without `datasets` or the mirror (the device machine), build th
 and carry it (about 55 MB for 25M tokens at a 32K vocabulary, under the 64 MiB a call takes):
 
     # CPU, once: packed/, tokenizer/, WikiText-2 test pages and the reference script in one folder
-    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 2.8 \
+    python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 3.4 \
         --work runs/gpu_race --prepare data/gpu_race
     # GPU: train and score from that folder alone (bf16 for lmforge's runs on CUDA)
     python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --tokens 25000000 \
