@@ -11,7 +11,8 @@ safetensors but not `datasets`; nothing imported on that path needs it):
     python bench/quality_race.py --shape tiny --vocab 32768 --seq 1024 --corpus-scale 3.4 \
         --work runs/gpu_race --prepare data/gpu_race
 
-    # 2. GPU (<= 8 min on one H100/H200, ~13 with --race); carry data/gpu_check (and data/gpu_race)
+    # 2. GPU (<= 8 min on one H100/H200, ~13 with --race: more than one 10-minute device call, so
+    #    there run the race as its own call, see bench/quality_race.py); carry data/gpu_check
     python bench/gpu_check.py --data data/gpu_check [--race data/gpu_race]
 
 Step 2 runs, each in its own process with its own time limit:
