@@ -42,7 +42,6 @@ and carry it (about 55 MB for 25M tokens at a 32K vocabulary, under the 64 MiB a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -54,6 +53,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's lmforge, installed or not (as its child processes get it)
+
+from lmforge.artifacts import sha256_json  # after the path above
+from lmforge.config import COMMENT_PREFIXES
+
 PEER = ROOT.parent / "shared" / "bench" / "peer_quality_bench.py"
 PLAN_CONFIG = ROOT / "config/pretrain/training/chinchilla_tiny_500m.json"
 RECOMMENDED_CONFIG = ROOT / "config/pretrain/training/recommended_tiny.json"
@@ -377,13 +380,12 @@ def run_one(a, work: Path, data: dict, entry: str) -> dict:
 
 
 def settings_sha256(config: Path) -> str:
-    """sha256 of a config's settings: its JSON without `_comment` keys, in canonical form."""
+    """sha256 of a config's settings: its JSON without comment keys (lmforge's rule), canonical."""
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if not k.startswith("_")}
+            return {k: strip(v) for k, v in node.items() if not k.startswith(COMMENT_PREFIXES)}
         return node
-    canonical = json.dumps(strip(json.loads(config.read_text())), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256_json(strip(json.loads(config.read_text())))
 
 
 def table(results: list[dict]) -> str:
