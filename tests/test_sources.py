@@ -83,3 +83,37 @@ def test_builtin_source_hook():
     assert first["id"].startswith("docstrings:") and len(first["text"]) > 40
     with pytest.raises(Exception, match="unknown built-in corpus"):
         next(stream_builtin("nope"))
+
+
+def test_mirror_as_a_hub_repository_splits_by_file_name(tmp_path):
+    """A config folder holding every split's files, named as the hub names them, gives each split
+    its own; a repository's data/ folder is found; a split folder is searched recursively."""
+    c4 = tmp_path / "allenai/c4/en"
+    c4.mkdir(parents=True)
+    _jsonl(c4 / "c4-train.00000-of-01024.json.gz", [{"text": "train doc"}], gz=True)
+    _jsonl(c4 / "c4-validation.00000-of-00008.json.gz", [{"text": "validation doc"}], gz=True)
+    assert [r["text"] for r in stream_hub("allenai/c4", "en", "train", mirror=tmp_path)] == ["train doc"]
+    assert [r["text"] for r in stream_hub("allenai/c4", "en", "validation", mirror=tmp_path)] == ["validation doc"]
+    with pytest.raises(DataError, match=r"holds split\(s\) train, validation only"):
+        mirror_files(tmp_path, "allenai/c4", "en", "test")
+
+    alpaca = tmp_path / "tatsu-lab/alpaca/data"
+    alpaca.mkdir(parents=True)
+    _jsonl(alpaca / "train-00000-of-00001-a09b74b3.jsonl", [{"instruction": "i"}])
+    assert mirror_files(tmp_path, "tatsu-lab/alpaca", None, "train") == [str(alpaca / "train-00000-of-00001-a09b74b3.jsonl")]
+
+    nested = tmp_path / "org/name/cfg/test/part-1"
+    nested.mkdir(parents=True)
+    _jsonl(nested / "000.jsonl", [{"text": "deep"}])
+    _jsonl(nested / ".cache.jsonl", [{"text": "hidden"}])
+    assert [r["text"] for r in stream_hub("org/name", "cfg", "test", mirror=tmp_path)] == ["deep"]
+
+
+def test_wikitext_config_folder_with_all_splits_reads_the_test_split_only(tmp_path):
+    """The evaluation's split must not be diluted by train/validation files beside it."""
+    cfg = tmp_path / "EleutherAI/wikitext_document_level/wikitext-2-raw-v1"
+    cfg.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        _jsonl(cfg / f"{split}-00000-of-00001.jsonl", [{"page": f"a {split} page"}])
+    assert [r["page"] for r in stream_hub("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test",
+                                          mirror=tmp_path)] == ["a test page"]

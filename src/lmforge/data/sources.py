@@ -6,6 +6,8 @@ flag) names a directory laid out as
 
     DIR/org/name/[config/][split/]files      (.jsonl .json .jsonl.gz .json.gz .parquet .txt)
 
+or as a hub repository is, each split's files named by it (`data/train-00000.parquet`).
+
 JSON-lines files are streamed line by line and parsed here, so one malformed line or
 invalid UTF-8 costs that record only: it is skipped and counted by reason in the
 caller's `Counter`, never silently dropped and never fatal. A UTF-8 byte-order mark at
@@ -53,28 +55,69 @@ def resolve_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
 
 
 def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> list[str]:
-    """Data files for `hub_id`/config/split in the mirror: first existing of C/S, C, S, root."""
+    """Data files for `hub_id`/config/split in the mirror.
+
+    The first of these directories that holds files for the split wins: config/split,
+    config, config/data, split, the dataset's root, data. A split directory is searched
+    recursively. Any other directory may hold several splits' files, as hub repositories
+    do (`c4-train.00000.json.gz` beside `c4-validation.00000.json.gz`): there the split is
+    read from the file names, with the keywords `datasets` uses, and files that name no
+    split are taken only when none names the one asked for.
+    """
     if not _HUB_ID.match(hub_id) or ".." in hub_id:
         raise DataError(f"invalid hub dataset id {hub_id!r}: expected 'org/name'")
     for part, what in ((config, "config"), (split, "split")):
         if part is not None and (not _NAME.match(part) or ".." in part):
             raise DataError(f"invalid {what} name {part!r} for {hub_id}")
     base = mirror / hub_id
-    candidates = [base / config / split, base / config] if config else []
-    candidates += [base / split, base]
+    candidates = [(base / config / split, True), (base / config, False), (base / config / "data", False)] \
+        if config else []
+    candidates += [(base / split, True), (base, False), (base / "data", False)]
     root = mirror.resolve()
-    for directory in candidates:
-        if directory.is_dir() and root in directory.resolve().parents:
-            # Hidden files are never data (lmforge's own .lmforge-sha256.json cache lives beside data files).
-            files = sorted(str(p) for p in directory.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.name.endswith(DATA_SUFFIXES))
-            if not files:
-                raise DataError(f"mirror directory {directory} holds no data files ({', '.join(DATA_SUFFIXES)})")
-            return files
-    raise DataError(
-        f"{hub_id} (config {config}, split {split}) is not in the mirror {mirror}: "
-        f"looked for {', '.join(str(c) for c in candidates)}"
-    )
+    seen: list[str] = []
+    for directory, is_split_dir in candidates:
+        if not directory.is_dir() or root not in directory.resolve().parents:
+            continue
+        files = _data_files(directory, recursive=is_split_dir)
+        chosen = files if is_split_dir else _files_of_split(files, split)
+        if chosen:
+            return [str(f) for f in chosen]
+        if files:
+            found = sorted({s for f in files if (s := _split_named_by(f, split))})
+            seen.append(f"{directory} holds split(s) {', '.join(found)} only")
+        else:
+            seen.append(f"{directory} holds no data files ({', '.join(DATA_SUFFIXES)})")
+    looked = ", ".join(str(c) for c, _ in candidates)
+    raise DataError(f"{hub_id} (config {config}, split {split}) is not in the mirror {mirror}: "
+                    + ("; ".join(seen) if seen else f"looked for {looked}"))
+
+
+# The keywords by which `datasets` tells a file's split from its name.
+_SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                   "test": ("test", "testing", "eval", "evaluation")}
+
+
+def _data_files(directory: Path, *, recursive: bool) -> list[Path]:
+    """Data files in `directory`, sorted. Hidden files and folders are never data (lmforge's own
+    .lmforge-sha256.json cache lives beside data files)."""
+    found = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(p for p in found if p.is_file() and p.name.endswith(DATA_SUFFIXES)
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
+def _split_named_by(path: Path, wanted: str) -> str | None:
+    """The split a file's name declares (`wanted` itself, or a standard one), or None."""
+    stem = path.name[: -len(next(s for s in DATA_SUFFIXES if path.name.endswith(s)))]
+    words = set(re.split(r"[^a-z]+", stem.lower()))
+    if wanted.lower() in words:
+        return wanted
+    return next((split for split, keys in _SPLIT_KEYWORDS.items() if words.intersection(keys)), None)
+
+
+def _files_of_split(files: list[Path], split: str) -> list[Path]:
+    """The files naming `split`; else those naming no split at all."""
+    named = {f: _split_named_by(f, split) for f in files}
+    return [f for f in files if named[f] == split] or [f for f in files if named[f] is None]
 
 
 def stream_hub(hub_id: str, config: str | None = None, split: str = "train", *,
