@@ -117,3 +117,15 @@ def test_wikitext_config_folder_with_all_splits_reads_the_test_split_only(tmp_pa
         _jsonl(cfg / f"{split}-00000-of-00001.jsonl", [{"page": f"a {split} page"}])
     assert [r["page"] for r in stream_hub("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test",
                                           mirror=tmp_path)] == ["a test page"]
+
+
+def test_hub_snapshot_of_a_dashed_config_is_found_in_its_folders(tmp_path):
+    sample = tmp_path / "HuggingFaceFW/fineweb-edu/sample/10BT"
+    sample.mkdir(parents=True)
+    _jsonl(sample / "000_00000.jsonl", [{"text": "edu"}])
+    assert [r["text"] for r in stream_hub("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", mirror=tmp_path)] == ["edu"]
+    gutenberg = tmp_path / "manu/project_gutenberg/data"
+    gutenberg.mkdir(parents=True)
+    _jsonl(gutenberg / "de-00000-of-00003.jsonl", [{"text": "Buch"}])
+    _jsonl(gutenberg / "en-00000-of-00052.jsonl", [{"text": "Book"}])
+    assert [r["text"] for r in stream_hub("manu/project_gutenberg", None, "en", mirror=tmp_path)] == ["Book"]

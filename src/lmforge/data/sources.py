@@ -58,7 +58,8 @@ def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> l
     """Data files for `hub_id`/config/split in the mirror.
 
     The first of these directories that holds files for the split wins: config/split,
-    config, config/data, split, the dataset's root, data. A split directory is searched
+    config, config/data (and config's dashes as folders: sample-10BT -> sample/10BT),
+    split, the dataset's root, data. A split directory is searched
     recursively. Any other directory may hold several splits' files, as hub repositories
     do (`c4-train.00000.json.gz` beside `c4-validation.00000.json.gz`): there the split is
     read from the file names, with the keywords `datasets` uses, and files that name no
@@ -72,6 +73,8 @@ def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> l
     base = mirror / hub_id
     candidates = [(base / config / split, True), (base / config, False), (base / config / "data", False)] \
         if config else []
+    if config and "-" in config:  # FineWeb's `sample-10BT` config is its repository's sample/10BT folder
+        candidates.append((base / config.replace("-", "/"), False))
     candidates += [(base / split, True), (base, False), (base / "data", False)]
     root = mirror.resolve()
     seen: list[str] = []
