@@ -118,6 +118,33 @@ def test_compiled_forward_and_loss_have_no_graph_break():
     assert explanation.graph_count == 1
 
 
+def test_the_compiled_loss_is_one_fusable_expression_with_the_eager_values():
+    """Under torch.compile the chunk's gradient is softmax - (index == target), with no scatter
+    (which would make inductor write and reread an fp32 [rows, V] buffer per chunk); its loss
+    and gradients equal the eager in-place form's."""
+    from lmforge.model.decoder import IGNORE_INDEX
+
+    torch.manual_seed(0)
+    h, w = torch.randn(70, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (70,))
+    targets[::7] = IGNORE_INDEX
+    eager = chunked_linear_cross_entropy(h, w, targets, chunk=32)
+    eager.backward()
+    eager_grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))  # submodules too: the Function's body
+        return gm.forward
+
+    compiled = torch.compile(chunked_linear_cross_entropy, backend=backend, fullgraph=True)(h, w, targets, 32)
+    compiled.backward()
+    assert "scatter" not in "".join(graphs) and "arange" in "".join(graphs)
+    assert torch.allclose(compiled, eager, rtol=1e-5)
+    assert torch.allclose(h.grad, eager_grads[0], atol=1e-5) and torch.allclose(w.grad, eager_grads[1], atol=1e-5)
+
+
 def test_non_llama_directories_are_refused(tmp_path):
     from lmforge.errors import ArtifactError
 

@@ -82,6 +82,46 @@ def test_an_untied_hf_llama_keeps_its_output_head_on_adamw():
     assert len(hidden) == 7 * 2
 
 
+def test_muon_skips_a_non_finite_step_on_the_device_exactly():
+    """With `found_inf` set, weights, Muon momenta and AdamW moments stay bit for bit what they were
+    (no host read), and the next good step equals that of a twin that never saw the bad one."""
+    import copy
+
+    model = build_decoder(MICRO, seed=0)
+    opt = build_optimizer(model, TrainingConfig(**MUON, learning_rate=1e-2), "cpu")
+    assert isinstance(opt, MuonAdamW) and opt.skips_on_device
+
+    def step(flag: float, poison: bool = False) -> None:
+        ids = torch.randint(0, 400, (2, 16), generator=torch.Generator().manual_seed(len(opt._muon.state) + int(flag)))
+        model(ids, labels=ids).backward()
+        if poison:
+            for p in model.parameters():
+                p.grad[..., 0] = float("nan")
+        opt.found_inf = torch.tensor(flag)
+        opt.step()
+        del opt.found_inf
+        opt.zero_grad(set_to_none=True)
+
+    step(0.0)
+    before_weights = copy.deepcopy(model.state_dict())
+    before_state = copy.deepcopy(opt.state_dict())
+    twin_model, twin_opt_state = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
+    step(1.0, poison=True)
+    assert all(torch.equal(v, before_weights[k]) for k, v in model.state_dict().items())
+    after = opt.state_dict()
+    for part in ("muon", "adamw"):
+        for key, values in before_state[part]["state"].items():
+            assert all(torch.equal(t, after[part]["state"][key][name]) for name, t in values.items()), (part, name)
+
+    twin_opt = build_optimizer(twin_model, TrainingConfig(**MUON, learning_rate=1e-2), "cpu")
+    twin_opt.load_state_dict(twin_opt_state)
+    ids = torch.randint(0, 400, (2, 16), generator=torch.Generator().manual_seed(9))
+    for m, o in ((model, opt), (twin_model, twin_opt)):
+        m(ids, labels=ids).backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin_model.parameters()))
+
+
 def test_muon_state_round_trips_and_a_foreign_state_is_refused():
     model = build_decoder(MICRO, seed=0)
     opt = build_optimizer(model, TrainingConfig(**MUON), "cpu")

@@ -189,3 +189,56 @@ def test_pretrain_and_eval_run_without_the_datasets_package(tmp_path, tiny_token
     assert manifest["figures"]["micro_batch"] == 4 and manifest["figures"]["gradient_accumulation_steps"] == 2
     wt = json.loads((tmp_path / "eval" / "results.json").read_text())["wikitext"]
     assert wt["documents"] == 2 and wt["bits_per_byte"] > 0
+
+
+def test_the_evaluation_subset_does_not_follow_the_probed_micro_batch(tmp_path, tiny_tokenizer, tiny_packed):
+    """A probed micro-batch (4 x 2 -> 8 x 1 here) trains the same math and scores the same rows."""
+    import json
+
+    from lmforge.cli import main as cli_main
+    from test_pretrain import write_config
+
+    common = ["--data_dirs", str(tiny_packed), "--tokenizer_dir", str(tiny_tokenizer), "--max_steps", "2",
+              "--set", "training.save_every=0", "--set", "training.eval_every=0"]
+
+    def eval_tokens(name: str, probe: bool) -> int:
+        config = write_config(tmp_path / name, auto_micro_batch=probe, compile=False)
+        assert cli_main(["pretrain", "--config", str(config), "--output_dir", str(tmp_path / name), *common]) == 0
+        manifest = json.loads((tmp_path / name / "micro" / "final" / "manifest.json").read_text())
+        assert manifest["figures"]["micro_batch"] == (8 if probe else 4)
+        rows = [json.loads(line) for line in (tmp_path / name / "micro" / "metrics.jsonl").read_text().splitlines()]
+        return [r["eval_tokens"] for r in rows if "eval_tokens" in r][-1]
+
+    assert eval_tokens("probed", True) == eval_tokens("fixed", False) == 2 * 4 * 31
+
+
+def test_precision_defaults_to_bf16_on_a_bf16_card_unless_configured_or_launched(monkeypatch):
+    from lmforge.training.loop import resolve_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision(None) == (
+        "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the decision for a bf16 card, on any machine
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(None) == "bf16"
+    assert resolve_precision("no") == "no" and resolve_precision("fp16") == "fp16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch` chose: accelerate reads it
+    assert resolve_precision(None) is None
+
+
+def test_an_installed_flash_attn_that_does_not_import_falls_back_to_sdpa(monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    from lmforge.model.architecture import choose_attention
+
+    broken = types.ModuleType("flash_attn")  # installed, but its kernels fail to load (no flash_attn_func)
+    monkeypatch.setitem(sys.modules, "flash_attn", broken)
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: importlib.machinery.ModuleSpec(name, None) if name == "flash_attn" else None)
+    attn, why = choose_attention("cuda", "bf16")
+    assert attn == "sdpa" and "does not import" in why
+    broken.flash_attn_func = lambda *a, **k: None
+    assert choose_attention("cuda", "bf16")[0] == "flash_attention_2"
+    assert choose_attention("cpu", "bf16")[0] == "sdpa"

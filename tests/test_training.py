@@ -164,6 +164,21 @@ def test_a_lone_non_finite_step_is_skipped_and_the_run_finishes(tiny_packed, tmp
     assert json.loads((result.final_dir / "manifest.json").read_text())["figures"]["skipped_steps"] == 1
 
 
+def test_muon_skips_a_lone_non_finite_step_without_reading_it_back(tiny_packed, tmp_path, monkeypatch):
+    """Muon+AdamW takes the device-side skip (the loop never reads the flag per step) and the
+    skipped step leaves the run finite."""
+    reads = []
+    original = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t.shape) or original(t))
+    result, model = train(tiny_packed, tmp_path / "run", cfg(max_steps=6, max_nonfinite_steps=2, optimizer="muon"),
+                          hook=poison_steps({3}))
+    monkeypatch.undo()
+    assert [h["step"] for h in result.history if h.get("skipped")] == [3]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert not reads  # no bool(tensor) anywhere in the steps: nothing waited on the device
+
+
 def test_keep_last_k(tiny_packed, tmp_path):
     result, _ = train(tiny_packed, tmp_path / "run", cfg(max_steps=8, save_every=2, keep_last=2))
     assert [p.name for _, p in list_checkpoints(tmp_path / "run")] == ["step_6", "step_8"]

@@ -94,6 +94,10 @@ def choose_attention(device_type: str, precision: str | None = None) -> tuple[st
         return "sdpa", f"flash_attn needs CUDA (device is {device_type}): using PyTorch SDPA"
     if precision is not None and precision not in ("bf16", "fp16"):
         return "sdpa", f"flash_attn needs bf16/fp16 (precision is {precision}): using PyTorch SDPA"
+    try:  # installed is not enough: a build against another torch or CUDA fails only here
+        from flash_attn import flash_attn_func  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
+        return "sdpa", f"flash_attn is installed but does not import ({type(exc).__name__}: {exc}): using PyTorch SDPA"
     return "flash_attention_2", "flash_attn is installed, the device is CUDA and the compute dtype is 16-bit"
 
 

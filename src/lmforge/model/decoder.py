@@ -57,6 +57,29 @@ def _ce_chunk(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
     return logp, valid, safe, -(picked * valid).sum()
 
 
+def _ce_chunk_with_grad(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, mm: torch.dtype):
+    """(summed loss, valid rows, d loss / d logits in `mm`) of one chunk.
+
+    Eager (CPU): log-softmax, then the gradient in place over it, one fp32 buffer in all.
+    Compiled (the GPU default): softmax - onehot written as one expression, the onehot as an
+    index compare, so inductor reads the 16-bit logits and writes the 16-bit gradient in a
+    single pass; the in-place form's scatter would make it write and reread an fp32
+    [rows, V] buffer for every chunk.
+    """
+    if not torch.compiler.is_compiling():
+        logp, valid, safe, loss = _ce_chunk(h, w, targets)
+        grad = logp.exp_()
+        grad.scatter_add_(1, safe.unsqueeze(1), torch.full_like(grad[:, :1], -1.0))
+        return loss, valid, grad.to(mm)
+    logits = F.linear(h, w).float()
+    valid = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0).unsqueeze(1)
+    lse = logits.logsumexp(dim=-1, keepdim=True)
+    loss = ((lse - logits.gather(1, safe)).squeeze(1) * valid).sum()
+    onehot = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) == safe
+    return loss, valid, (torch.exp(logits - lse) - onehot.float()).to(mm)
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """sum CE(h @ w.T, targets), with the gradients formed chunk by chunk during the forward.
 
@@ -76,13 +99,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, h.shape[0], chunk):
             hc, tc = h[start:start + chunk].to(mm), targets[start:start + chunk]
-            logp, valid, safe, loss = _ce_chunk(hc, w_mm, tc)
+            loss, valid, grad = _ce_chunk_with_grad(hc, w_mm, tc, mm)
             total = total + loss
-            # d loss / d logits = softmax - onehot, in place over logp. Ignored rows are zeroed
-            # through the [n, d] operands below rather than with another pass over [n, V].
-            grad = logp.exp_()
-            grad.scatter_add_(1, safe.unsqueeze(1), torch.full_like(grad[:, :1], -1.0))
-            grad = grad.to(mm)
+            # Ignored rows are zeroed through the [n, d] operands below rather than with
+            # another pass over [n, V].
             keep = valid.unsqueeze(1).to(mm)
             masked_h = hc * keep
             with torch.autocast(device, enabled=False):  # explicit dtypes from here on
@@ -289,8 +309,10 @@ class LmforgeDecoder(nn.Module):
         h = self.hidden_states(input_ids)
         if labels is None:
             return SimpleNamespace(logits=F.linear(h, self.output_weight))
-        h = h[:, :-1].reshape(-1, h.shape[-1])
-        return chunked_linear_cross_entropy(h, self.output_weight, labels[:, 1:].reshape(-1))
+        # Every position scores the next token; the last has none (IGNORE_INDEX). Shifting the
+        # labels, not slicing h, keeps h a view: no [B*(T-1), d] copy and no gradient scatter back.
+        targets = torch.cat((labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)), dim=1)
+        return chunked_linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output_weight, targets.reshape(-1))
 
     # ------------------------------------------------------------ Hugging Face files
 

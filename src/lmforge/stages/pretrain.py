@@ -247,7 +247,10 @@ def train(args: argparse.Namespace, plan: Plan) -> dict | None:
                             world=accelerator.num_processes, seed=t.seed)
     if accelerator.device.type == "cuda":  # pinned batches read ahead by a thread: the copy overlaps compute
         batches = Prefetcher(batches, t.gradient_accumulation_steps, pin=True)
-    evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches, micro_batch=t.per_device_batch_size,
+    # The configured micro-batch, not the probed one: the evaluation subset is the same rows on every
+    # device (evaluation runs eagerly, so its batch shape costs no recompile).
+    evals = eval_batches([p.val for p in plan.packed], num_batches=t.eval_batches,
+                         micro_batch=plan.cfg.training.per_device_batch_size,
                          rank=accelerator.process_index, world=accelerator.num_processes)
     meta = CheckpointMeta(stage=STAGE, config=plan.identity, tokenizer_dir=str(plan.run_dir / RUN_TOKENIZER_DIR),
                           tokenizer_sha256=plan.tokenizer.sha256, inputs=plan.inputs,

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ class TrainingConfig:
                                         "keeping per_device_batch_size x gradient_accumulation_steps; auto: on CUDA")
     max_nonfinite_steps: int = spec(3, min=1, help="a non-finite step is skipped; stop after this many in a row")
     mixed_precision: str | None = spec(None, choices=(None, "no", "bf16", "fp16"),
-                                       help="null: as `accelerate launch` says (default no)")
+                                       help="null: as `accelerate launch` says; without it, bf16 on a CUDA "
+                                       "card that supports it, else no")
     tensorboard: bool = spec(True, help="also write TensorBoard events when tensorboard is installed")
     report_to: str = spec("", help="experiment trackers through accelerate, comma-separated (tensorboard, wandb, "
                           "trackio, mlflow, ...); a missing one is one warning line. Not part of the run identity")
@@ -237,8 +239,21 @@ def make_accelerator(cfg: TrainingConfig):
     """
     from accelerate import Accelerator
 
-    kwargs = {} if cfg.mixed_precision is None else {"mixed_precision": cfg.mixed_precision}
-    return Accelerator(**kwargs)
+    precision = resolve_precision(cfg.mixed_precision)
+    return Accelerator(**({} if precision is None else {"mixed_precision": precision}))
+
+
+def resolve_precision(configured: str | None) -> str | None:
+    """The mixed precision to ask accelerate for: the config's; else None where `accelerate launch`
+    (or its config) has chosen; else bf16 on a CUDA card that has it, so `lmforge pretrain` on a GPU
+    does not silently train in fp32; else None (fp32 on CPU)."""
+    if configured is not None:
+        return configured
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
 
 
 def auto_split(model, cfg: TrainingConfig, seq_length: int, vocab_size: int, accelerator) -> TrainingConfig:
@@ -262,6 +277,10 @@ def auto_split(model, cfg: TrainingConfig, seq_length: int, vocab_size: int, acc
                                    accelerator.autocast)
     micro = probe_micro_batch(probe, per_device, cfg.per_device_batch_size, device_type)
     model.train(was_training)
+    if device_type == "cuda":  # the run's peak VRAM is training's, not the largest (eager) probe's
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     chosen = dataclasses.replace(cfg, per_device_batch_size=micro, gradient_accumulation_steps=per_device // micro)
     if accelerator.is_main_process:
         log.info("Micro-batch: probed on %s, %d x %d accumulation (configured %d x %d; same %d sequences per device "
@@ -412,13 +431,13 @@ def evaluate(model, eval_batches: Iterable[dict], accelerator) -> dict:
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
                     loss = causal_lm_loss_sum(logits, batch["labels"])
             total[0] += loss.double()
-            total[1] += count_label_tokens(batch["labels"])
-    total = accelerator.reduce(total, reduction="sum")
+            total[1] += (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # on the device: no wait per batch
+    loss_sum, tokens = accelerator.reduce(total, reduction="sum").tolist()
     model.train(was_training)
-    if total[1] == 0:
+    if tokens == 0:
         return {}
-    loss = float(total[0] / total[1])
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(total[1])}
+    loss = loss_sum / tokens
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
 
 
 # ---------------------------------------------------------------- implementation
@@ -453,7 +472,8 @@ class Trainer:
         optimizer = make_optimizer(model, cfg, self.device_type, accelerator)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.inner_optimizer = _innermost(self.optimizer)
-        self.skips_on_device = bool(self.inner_optimizer.defaults.get("fused"))
+        self.skips_on_device = bool(getattr(self.inner_optimizer, "skips_on_device",
+                                            self.inner_optimizer.defaults.get("fused")))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.peak_tflops = device_peak_tflops(cfg, accelerator.device)
         self.uniform_counts = bool(getattr(batches, "uniform_label_counts", False))
@@ -603,7 +623,7 @@ class Trainer:
 
         The fused AdamW kernels take a `found_inf` tensor (the hook GradScaler uses) and
         leave weights, moments and step counts untouched when it is set, so nothing is
-        read back. fp16 runs go through accelerate's GradScaler, which sets it itself
+        read back; Muon+AdamW honours it too (lmforge.training.optim). fp16 runs go through accelerate's GradScaler, which sets it itself
         from the gradients and lowers the scale on overflow. An unfused optimizer (a
         dtype the fused kernels lack) falls back to reading the flag.
         """

@@ -80,6 +80,9 @@ class MuonAdamW(torch.optim.Optimizer):
                                       weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         self._adamw = torch.optim.AdamW(adam_groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
         super().__init__(muon_groups + adam_groups, {"lr": lr, "fused": False})
+        # With fused AdamW the whole step can be skipped on the device (see step): the training
+        # loop then sets `found_inf` instead of reading the flag back every step.
+        self.skips_on_device = bool(fused)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -87,9 +90,38 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._muon.step()
-        self._adamw.step()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            self._muon.step()
+            self._adamw.step()
+        else:
+            self._muon_step_unless(found_inf)
+            self._adamw.found_inf = found_inf  # the fused kernels skip the update themselves
+            try:
+                self._adamw.step()
+            finally:
+                del self._adamw.found_inf
         return loss
+
+    def _muon_step_unless(self, found_inf: torch.Tensor) -> None:
+        """Muon's step, undone on the device where `found_inf` is set (no host read).
+
+        torch's Muon has no `found_inf` hook, so its matrices and momenta are saved first,
+        its gradients are zeroed under the flag (a NaN would otherwise reach the saved
+        values through the arithmetic), and the saved values come back through a lerp of
+        weight 0 or 1, which is exact either way.
+        """
+        params = [p for g in self._muon.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        bad = found_inf.to(dtype=torch.bool, device=params[0].device)
+        for p in params:
+            p.grad.masked_fill_(bad, 0.0)
+        buffers = [self._muon.state[p]["momentum_buffer"] for p in params if "momentum_buffer" in self._muon.state[p]]
+        saved = torch._foreach_add([*params, *buffers], 0)  # copies
+        self._muon.step()
+        weights = {t.dtype: found_inf.to(dtype=t.dtype, device=t.device) for t in saved}
+        torch._foreach_lerp_([*params, *buffers], saved, [weights[t.dtype] for t in saved])
 
     def state_dict(self) -> dict[str, Any]:
         return {"muon": self._muon.state_dict(), "adamw": self._adamw.state_dict()}
