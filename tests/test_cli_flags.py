@@ -196,3 +196,21 @@ def test_scripts_take_both_spellings():
     assert proc.returncode == 2, proc.stderr
     assert "unrecognized" not in proc.stderr and "usage:" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error:"), proc.stderr
+
+
+def test_a_mistyped_flag_is_named_with_its_likely_spelling(capsys):
+    from lmforge.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["pack", "--config", "c.json", "--corpus-dir", "x", "--tokenizer-dirr", "y", "--output-dir", "o"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    assert "unknown flag --tokenizer-dirr: did you mean --tokenizer-dir?" in err
+
+
+def test_abbreviations_and_values_are_not_taken_for_mistyped_flags():
+    from lmforge.cli import mistyped_flag_hint
+
+    known = ["--max-steps", "--max_steps", "--output-dir", "--set"]
+    assert mistyped_flag_hint(["--max-st", "3", "--set", "a.b=--x"], known) == ""
+    assert mistyped_flag_hint(["--outptu-dir=o"], known) == " (unknown flag --outptu-dir: did you mean --output-dir?)"

@@ -43,3 +43,18 @@ def test_decontamination_lines_per_artifact():
     assert "wikipedia 5/4863" in lines[0] and "wikitext2_test 1/62 items (1 documents)" in lines[0] and "sft_eval_prompts" not in lines[0]
     assert "not checked (missing): piqa" in lines[0]
     assert lines[1] == "- `tok_corpus` (corpus): decontamination off"
+
+
+def test_sft_summary_says_why_there_is_no_boolq_change_against_pretraining():
+    """A pretrain result on another number of questions is found but not compared: the summary
+    must say that, not that there are no pretrain results."""
+    from lmforge.evaluation.sft_suite import why_not_compared
+
+    assert why_not_compared(None) == "no pretrain results to compare"
+    other_count = {"pretrain_results": "evaluation_results/pretrain/tiny/results.json",
+                   "pretrain": {"accuracy": 0.6, "examples": 50}, "boolq_accuracy_pretrain": 0.6,
+                   "boolq_accuracy_sft": 0.55, "boolq_delta": None, "comparable": False}
+    text = why_not_compared(other_count)
+    assert "pretrain scored 50 BoolQ questions" in text and "same limit" in text
+    no_boolq = {**other_count, "pretrain": None, "boolq_accuracy_pretrain": None}
+    assert "has no BoolQ accuracy" in why_not_compared(no_boolq)

@@ -178,3 +178,27 @@ def test_max_steps_flag_keeps_the_warmup_fraction_of_the_plan_config(monkeypatch
     assert load_stage_config(parser.parse_args(plan)).training.warmup_steps == 3000  # untouched otherwise
     with pytest.raises(ConfigError, match="warmup_steps"):  # an explicit warmup is the user's choice
         load_stage_config(parser.parse_args([*plan, "--max_steps", "200", "--warmup_steps", "500"]))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("two", 'training.max_steps: expected an integer, got "two"'),
+    ("2.5", "training.max_steps: expected an integer, got 2.5"),
+    ("0", "training.max_steps"),
+])
+def test_a_bad_max_steps_is_one_config_error_and_scales_no_warmup(monkeypatch, caplog, value, message):
+    """The warmup scaling runs before validation: it must leave a bad value to validation (no crash,
+    no second error about a warmup the user never set, no warning quoting a truncated value)."""
+    import argparse
+
+    from lmforge.errors import ConfigError
+    from lmforge.stages.pretrain import add_arguments, load_stage_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = parser.parse_args(["--config", "config/pretrain/training/chinchilla_tiny_500m.json", "--data_dirs", "x",
+                              "--tokenizer_dir", "t", "--output_dir", "o", "--set", f"training.max_steps={value}"])
+    with pytest.raises(ConfigError) as raised:
+        load_stage_config(args)
+    assert message in str(raised.value) and "warmup_steps" not in str(raised.value)
+    assert "warmup scaled" not in caplog.text

@@ -77,3 +77,15 @@ def test_unreadable_json_names_line(tmp_path):
         load_config(p, Outer)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.json", Outer)
+
+
+def test_a_problem_with_a_command_line_value_is_not_blamed_on_the_file(tmp_path):
+    from lmforge.data.packing import PackConfig
+
+    path = tmp_path / "pack.json"
+    path.write_text(json.dumps({"seq_length": 0}))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, PackConfig, overrides={"seq_lenght": 512})
+    text = str(raised.value)
+    assert "command line: seq_lenght: unknown key (did you mean 'seq_length'?)" in text
+    assert f"{path}: seq_length: must be >= " in text  # the file's own mistake keeps the file's name

@@ -139,8 +139,12 @@ def test_a_stage_failing_on_its_inputs_leaves_no_output_folder(tmp_path):
         raise ArtifactError("bad input")
 
     with pytest.raises(ArtifactError):
-        run_stage(StagePlan("demo", tmp_path / "new" / "out", {"k": 1}), fail)
-    assert not (tmp_path / "new" / "out").exists()
+        run_stage(StagePlan("demo", tmp_path / "new" / "deeper" / "out", {"k": 1}), fail)
+    assert not (tmp_path / "new").exists()  # nor the parents created for it
+    (tmp_path / "kept" / "sub").mkdir(parents=True)
+    with pytest.raises(ArtifactError):
+        run_stage(StagePlan("demo", tmp_path / "kept" / "made" / "out", {"k": 1}), fail)
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["sub"]  # what existed stays
 
 
 def test_a_stage_cannot_write_outside_its_output_even_through_a_symlink(tmp_path):

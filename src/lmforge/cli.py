@@ -60,7 +60,9 @@ TOKENIZER_FLAGS = ("--tokenizer-dir", "--tokenizer-path")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, where a prefix matching several spellings of ONE flag is not ambiguous."""
+    """argparse, where a prefix matching several spellings of ONE flag is not ambiguous, and an
+    error names a mistyped flag with its likely spelling (argparse would only say which required
+    flag is missing, or list the unrecognised words)."""
 
     def _get_option_tuples(self, option_string):  # noqa: ANN001 - argparse's own signature
         tuples, seen = [], set()
@@ -69,6 +71,24 @@ class Parser(argparse.ArgumentParser):
                 seen.add(id(item[0]))
                 tuples.append(item)
         return tuples
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001 - argparse's own signature
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # noqa: ANN201 - exits
+        super().error(message + mistyped_flag_hint(getattr(self, "_given", []), list(self._option_string_actions)))
+
+
+def mistyped_flag_hint(given: list[str], known: list[str]) -> str:
+    """' (unknown flag --x: did you mean --y?)' for the first given flag argparse does not know."""
+    for token in given:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or name in known or any(k.startswith(name) for k in known):
+            continue  # a value, a known flag, or an abbreviation argparse accepts
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        return f" (unknown flag {name}" + (f": did you mean {_kebab(close[0])}?)" if close else ")")
+    return ""
 
 
 def _kebab(option: str) -> str:

@@ -79,7 +79,8 @@ def config_from_dict(raw: Any, schema: type[T], source: str = "<config>",
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
     if errors:
-        lines = "\n".join(f"  {source}: {e}" for e in errors)
+        given = set(overrides or {})  # a problem with a value from the command line is named as such
+        lines = "\n".join(f"  {'command line' if e.split(': ', 1)[0] in given else source}: {e}" for e in errors)
         raise ConfigError(f"invalid config ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}")
     return value
 

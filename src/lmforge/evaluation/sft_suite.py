@@ -253,6 +253,17 @@ def render_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def why_not_compared(comparison: dict | None) -> str:
+    """Why there is no BoolQ delta against pretraining, in the words a user can act on."""
+    if not comparison:
+        return "no pretrain results to compare"
+    before = (comparison.get("pretrain") or {}).get("examples")
+    if comparison.get("boolq_accuracy_pretrain") is None:
+        return f"{comparison['pretrain_results']} has no BoolQ accuracy to compare"
+    return (f"not compared: pretrain scored {before} BoolQ questions ({comparison['pretrain_results']}), "
+            "this run a different number; give both the same limit")
+
+
 def closing_summary(results: dict, output_file: Path) -> str:
     h, e = headline(results), results["expected"]
     lines = ["✅ SFT evaluation complete!" + (" (PARTIAL: capped)" if results["partial"] else "")]
@@ -262,14 +273,18 @@ def closing_summary(results: dict, output_file: Path) -> str:
     if "boolq_accuracy" in h:
         lo, hi = e["boolq_accuracy"]
         delta = h.get("boolq_delta_vs_pretrain")
-        lines.append(f"   🎯 BoolQ accuracy: {h['boolq_accuracy']:.2%} (expected {lo:.0%}-{hi:.0%}"
-                     + (f"; {delta * 100:+.1f} points vs pretrain)" if delta is not None else "; no pretrain results to compare)"))
+        lines.append(f"   🎯 BoolQ accuracy: {h['boolq_accuracy']:.2%} (expected {lo:.0%}-{hi:.0%}; "
+                     + (f"{delta * 100:+.1f} points vs pretrain)" if delta is not None
+                        else why_not_compared(results.get("pretrain_comparison")) + ")"))
     if "boolq_chatml_accuracy" in h:
         lines.append(f"   💬 BoolQ, ChatML prompt: {h['boolq_chatml_accuracy']:.2%}")
     if "smoke_quality" in h:
         lo, hi = e["smoke_quality"]
+        rates = results["smoke"].get("rule_pass_rates") or {}
+        content = [rates[k] for k in ("keywords", "regex") if k in rates]
+        answers = f"; answer-content rules passed {sum(content) / len(content):.0%}" if content else ""
         lines.append(f"   🧪 Smoke quality: {h['smoke_quality']:.3f} (expected {lo:g}-{hi:g}; "
-                     f"{results['smoke']['cases']} cases)")
+                     f"{results['smoke']['cases']} cases, format and content rules{answers})")
     lines.append(f"   ⏱️  Duration: {results['wall_seconds']:.1f} s")
     lines.append(f"   📁 Results: {output_file}")
     return "\n".join(lines)

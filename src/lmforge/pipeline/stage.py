@@ -104,15 +104,20 @@ def _locked(directory: Path) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    created = not directory.exists()
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]  # what this run creates
     writable_dir(directory)
     lock_output_dir(directory)  # a second writer stops here, before anything is written
     try:
         yield
     except BaseException:
-        if created and {p.name for p in directory.iterdir()} <= {LOCK_NAME}:
+        if missing and {p.name for p in directory.iterdir()} <= {LOCK_NAME}:
             unlock_output_dir(directory)
             shutil.rmtree(directory, ignore_errors=True)
+            for parent in missing[1:]:  # and the parents created for it, innermost first, if still empty
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         raise
 
 

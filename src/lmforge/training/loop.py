@@ -152,6 +152,8 @@ class TrainingConfig:
 
     def check(self) -> list[str]:
         problems = []
+        if not (_is_count(self.max_steps, 1) and _is_count(self.warmup_steps, 0)):
+            return problems  # the field errors say it; a schedule check would blame the other field
         if self.warmup_steps >= self.max_steps and self.lr_scheduler != "constant":
             problems.append(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
         if self.lr_scheduler == "wsd" and self.warmup_steps + wsd_decay_steps(self) > self.max_steps:
@@ -227,6 +229,10 @@ class TrainingDiverged(LmforgeError):
 
 class OutOfMemory(LmforgeError):
     """The device ran out of memory; the message says what to change."""
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 # ---------------------------------------------------------------- accelerator & schedule
@@ -945,8 +951,8 @@ def scaled_warmup(config_path: str, overrides: dict) -> dict:
     warmup override is left to validation.
     """
     steps = overrides.get("training.max_steps")
-    if steps is None or "training.warmup_steps" in overrides:
-        return {}
+    if "training.warmup_steps" in overrides or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        return {}  # no override, or one validation will refuse with its own message ("two", 2.5, 0)
     try:
         training = json.loads(Path(config_path).read_text(encoding="utf-8")).get("training", {})
         base_steps, base_warmup = int(training["max_steps"]), int(training.get("warmup_steps", 0))
