@@ -146,6 +146,23 @@ def test_a_stage_failing_on_its_inputs_leaves_no_output_folder(tmp_path):
         run_stage(StagePlan("demo", tmp_path / "kept" / "made" / "out", {"k": 1}), fail)
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["sub"]  # what existed stays
 
+    def fail_after_a_folder(plan):  # a stage that made its cache folder, then met a bad input
+        (plan.output_dir / "cache" / "00_source").mkdir(parents=True)
+        raise ArtifactError("bad input")
+
+    with pytest.raises(ArtifactError):
+        run_stage(StagePlan("demo", tmp_path / "cached" / "out", {"k": 1}), fail_after_a_folder)
+    assert not (tmp_path / "cached").exists()
+
+    def fail_after_work(plan):  # ... or after real work a resume can reuse: that is kept
+        (plan.output_dir / "cache").mkdir(parents=True)
+        (plan.output_dir / "cache" / "part_0.jsonl").write_text("{}\n")
+        raise ArtifactError("bad input")
+
+    with pytest.raises(ArtifactError):
+        run_stage(StagePlan("demo", tmp_path / "worked" / "out", {"k": 1}), fail_after_work)
+    assert (tmp_path / "worked" / "out" / "cache" / "part_0.jsonl").is_file()
+
 
 def test_a_stage_cannot_write_outside_its_output_even_through_a_symlink(tmp_path):
     victim = tmp_path / "victim"

@@ -110,6 +110,8 @@ def _locked(directory: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        if missing:
+            _prune_empty_dirs(directory)  # e.g. a resume cache's folder that got no file yet
         if missing and {p.name for p in directory.iterdir()} <= {LOCK_NAME}:
             unlock_output_dir(directory)
             shutil.rmtree(directory, ignore_errors=True)
@@ -119,6 +121,15 @@ def _locked(directory: Path) -> Iterator[None]:
                 except OSError:
                     break
         raise
+
+
+def _prune_empty_dirs(directory: Path) -> None:
+    """Remove the empty folders under `directory`, deepest first; files (a resume cache) stay."""
+    for sub in sorted((d for d in directory.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass  # not empty: it holds work worth keeping
 
 
 def report_outcome(outcome: StageOutcome) -> None:
