@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None,
                    help="train on a --prepare folder instead of building data (no `datasets`, no mirror needed)")
     p.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
-                   help="lmforge runs' precision (default: bf16 on CUDA, fp32 on CPU, as the reference does)")
+                   help="lmforge runs' precision (default: lmforge's own, bf16 on a bf16 CUDA card and fp32 on CPU, as the reference does)")
     a = p.parse_args(argv)
     data_dir = Path(a.data_dir) if a.data_dir else None
     if a.peer is None:
@@ -407,10 +407,6 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.peer).is_file():
         sys.exit(f"error: reference trainer not found: {a.peer} (--peer)")
     work = Path(a.work)
-    if a.mixed_precision is None:
-        import torch
-
-        a.mixed_precision = "bf16" if torch.cuda.is_available() else None
     data = prebuilt_data(Path(a.data_dir)) if a.data_dir else build_data(a, work)
     figures = data["manifest"]["figures"]
     if (a.vocab, a.seq) != (figures["vocab_size"], figures["seq_length"]):  # a carried folder decides its own

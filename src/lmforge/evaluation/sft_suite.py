@@ -28,7 +28,7 @@ from lmforge.errors import ConfigError
 from lmforge.evaluation.boolq import evaluate_boolq
 from lmforge.evaluation.config import EvalSFTConfig, json_safe
 from lmforge.evaluation.datasets import load_boolq
-from lmforge.evaluation.smoke import quality_score, rule_pass_rates, score_reply
+from lmforge.evaluation.smoke import CONTENT_RULES, quality_score, rule_pass_rates, score_reply
 from lmforge.evaluation.zeroshot import headline as zero_shot_headline
 from lmforge.evaluation.zeroshot import report_lines, run, split_items
 from lmforge.log import get_logger, peak_rss_mb
@@ -281,7 +281,7 @@ def closing_summary(results: dict, output_file: Path) -> str:
     if "smoke_quality" in h:
         lo, hi = e["smoke_quality"]
         rates = results["smoke"].get("rule_pass_rates") or {}
-        content = [rates[k] for k in ("keywords", "regex") if k in rates]
+        content = [rates[k] for k in CONTENT_RULES if k in rates]
         answers = f"; answer-content rules passed {sum(content) / len(content):.0%}" if content else ""
         lines.append(f"   🧪 Smoke quality: {h['smoke_quality']:.3f} (expected {lo:g}-{hi:g}; "
                      f"{results['smoke']['cases']} cases, format and content rules{answers})")

@@ -100,6 +100,10 @@ def no_degenerate_repetition(reply: str, rules: SmokeRules) -> bool:
     return repeated_share <= rules.max_repeated_ngram_share
 
 
+# The rules that judge what a reply says (the others judge its form).
+CONTENT_RULES = ("keywords", "regex")
+
+
 def has_keywords(reply: str, keywords: list[str], require_all: bool = False) -> bool:
     found = [re.search(rf"(?<!\w){re.escape(k.lower())}(?!\w)", reply.lower()) is not None for k in keywords]
     return all(found) if require_all else any(found)

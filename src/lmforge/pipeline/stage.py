@@ -111,16 +111,23 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
     except BaseException:
         if missing:
-            _prune_empty_dirs(directory)  # e.g. a resume cache's folder that got no file yet
-        if missing and {p.name for p in directory.iterdir()} <= {LOCK_NAME}:
-            unlock_output_dir(directory)
-            shutil.rmtree(directory, ignore_errors=True)
-            for parent in missing[1:]:  # and the parents created for it, innermost first, if still empty
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            _remove_if_nothing_written(directory, missing[1:])
         raise
+
+
+def _remove_if_nothing_written(directory: Path, new_parents: list[Path]) -> None:
+    """After a failure: drop `directory`'s empty folders (a resume cache's folder with no file
+    yet); if nothing but the lock is left, remove it and the parents made for it, innermost first."""
+    _prune_empty_dirs(directory)
+    if {p.name for p in directory.iterdir()} - {LOCK_NAME}:
+        return  # work a resume can reuse
+    unlock_output_dir(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    for parent in new_parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _prune_empty_dirs(directory: Path) -> None:

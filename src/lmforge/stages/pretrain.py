@@ -305,8 +305,7 @@ def summarise(result, plan: Plan) -> None:
     names = [p.name for p in result.checkpoints] + (["final"] if result.final_dir else [])
     title = "Training complete!" if result.final_dir else f"Training stopped at step {result.steps} as asked"
     lines = [f"✅ {title}", f"   📊 Steps: {result.steps:,}",
-             f"   📉 Final loss: {result.final_loss:.4f} (mean of the last "
-             f"{min(plan.cfg.training.log_every, max(1, result.steps))} steps)"
+             f"   📉 Final loss: {result.final_loss:.4f} (mean of the last {result.final_loss_steps} steps)"
              if result.final_loss is not None else "   📉 Final loss: n/a"]
     if result.final_eval:
         lines.append(f"   🧪 Validation: loss {result.final_eval['eval_loss']:.4f}, "

@@ -314,7 +314,7 @@ def print_summary(plan: Plan, result, batches, out: Path) -> None:
           f"   📊 Steps: {result.steps}\n"
           f"   📉 Loss: {first if first is None else f'{first:.3f}'} (step 1) → "
           f"{'?' if result.final_loss is None else f'{result.final_loss:.3f}'} "
-          f"(mean of the last {min(plan.cfg.training.log_every, max(1, result.steps))} steps)\n"
+          f"(mean of the last {result.final_loss_steps} steps)\n"
           f"   🧪 Val (assistant tokens): loss {ev.get('eval_loss', float('nan')):.3f}, "
           f"ppl {ev.get('eval_ppl', float('nan')):.2f}\n"
           f"   🎛️  Realised mix: {mix}\n"

@@ -85,6 +85,7 @@ from lmforge.training.step import (
     is_compile_failure,
     peak_memory_gib,
     probe_micro_batch,
+    reset_peak_memory,
     resolve_switch,
     uncompile,
 )
@@ -221,6 +222,7 @@ class TrainResult:
     checkpoints: list[Path]
     history: list[dict]
     stopped_early: bool = False
+    final_loss_steps: int = 0   # how many recent steps `final_loss` averages
 
 
 class TrainingDiverged(LmforgeError):
@@ -283,10 +285,7 @@ def auto_split(model, cfg: TrainingConfig, seq_length: int, vocab_size: int, acc
                                    accelerator.autocast)
     micro = probe_micro_batch(probe, per_device, cfg.per_device_batch_size, device_type)
     model.train(was_training)
-    if device_type == "cuda":  # the run's peak VRAM is training's, not the largest (eager) probe's
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device_type)  # the run's peak VRAM is training's, not the largest (eager) probe's
     chosen = dataclasses.replace(cfg, per_device_batch_size=micro, gradient_accumulation_steps=per_device // micro)
     if accelerator.is_main_process:
         log.info("Micro-batch: probed on %s, %d x %d accumulation (configured %d x %d; same %d sequences per device "
@@ -363,9 +362,14 @@ def causal_lm_loss_sum(logits, labels):
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def label_tokens(labels):
+    """Tokens that carry loss in a micro-batch (after the one-position shift), as a device tensor."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
 def count_label_tokens(labels) -> int:
-    """Tokens that carry loss in a micro-batch (after the one-position shift)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    """`label_tokens`, read back as an int."""
+    return int(label_tokens(labels))
 
 
 # Dense bf16 peaks (TFLOP/s) for MFU; others can set training.peak_tflops.
@@ -437,7 +441,7 @@ def evaluate(model, eval_batches: Iterable[dict], accelerator) -> dict:
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
                     loss = causal_lm_loss_sum(logits, batch["labels"])
             total[0] += loss.double()
-            total[1] += (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # on the device: no wait per batch
+            total[1] += label_tokens(batch["labels"])  # on the device: no wait per batch
     loss_sum, tokens = accelerator.reduce(total, reduction="sum").tolist()
     model.train(was_training)
     if tokens == 0:
@@ -896,7 +900,7 @@ class Trainer:
         return TrainResult(steps=self.step, tokens_seen=self.tokens_seen, final_loss=self._recent_loss(),
                            final_eval=self.last_eval, elapsed_s=elapsed, final_dir=final_dir,
                            checkpoints=list(self.checkpoints), history=self.history,
-                           stopped_early=self.step < cfg.max_steps)
+                           stopped_early=self.step < cfg.max_steps, final_loss_steps=len(self._loss_window()))
 
     def _watch(self, stop_at: int):
         """The live bar / periodic lines (lmforge.training.progress); its first line comes before step 1."""
@@ -908,9 +912,11 @@ class Trainer:
         watch.start()
         return watch
 
-    def _recent_loss(self) -> float | None:
+    def _loss_window(self) -> list[float]:
+        return loss_window(self.prior_losses, self.history, self.cfg.log_every)
 
-        losses = loss_window(self.prior_losses, self.history, self.cfg.log_every)
+    def _recent_loss(self) -> float | None:
+        losses = self._loss_window()
         return sum(losses) / len(losses) if losses else None
 
     def _figures(self, elapsed: float) -> dict:
@@ -951,7 +957,7 @@ def scaled_warmup(config_path: str, overrides: dict) -> dict:
     warmup override is left to validation.
     """
     steps = overrides.get("training.max_steps")
-    if "training.warmup_steps" in overrides or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if "training.warmup_steps" in overrides or not _is_count(steps, 1):
         return {}  # no override, or one validation will refuse with its own message ("two", 2.5, 0)
     try:
         training = json.loads(Path(config_path).read_text(encoding="utf-8")).get("training", {})

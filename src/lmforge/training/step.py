@@ -9,7 +9,7 @@ runs on the device it has, each a small function:
   checkpoints) unchanged; undoing it is how a failed compile falls back to eager.
 - `probe_micro_batch`: the largest micro-batch that divides the per-device share of the
   global batch and survives a forward and backward; the accumulation follows.
-- `peak_memory_gib`: CUDA's peak allocated memory (None elsewhere).
+- `peak_memory_gib` / `reset_peak_memory`: CUDA's peak allocated memory (None elsewhere).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def probe_micro_batch(try_batch: Callable[[int], None], per_device: int, start: 
         try:
             if device_type == "cuda":
                 torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+            reset_peak_memory(device_type)
             try_batch(size)
             if device_type == "cuda":
                 total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -118,6 +118,14 @@ def forward_backward_probe(model, loss_fn: Callable, vocab_size: int, seq_length
             del ids
 
     return try_batch
+
+
+def reset_peak_memory(device_type: str) -> None:
+    """Start CUDA's peak-memory count afresh (nothing to do elsewhere)."""
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_memory_gib(device_type: str) -> float | None:
