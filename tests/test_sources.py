@@ -39,6 +39,33 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
     assert skips == Counter(malformed_json=1, not_an_object=1, invalid_utf8=1)
 
 
+def test_json_file_holding_one_array_of_records(tmp_path):
+    """`.json` files saved with json.dump (one array, pretty-printed or not, gzipped or not)
+    give their records as datasets' json builder would; bad elements are counted."""
+    records = [{"instruction": f"task {i}", "output": "done"} for i in range(3)]
+    (tmp_path / "pretty.json").write_text(json.dumps(records, indent=2))
+    (tmp_path / "one_line.json.gz").write_bytes(gzip.compress(("\ufeff" + json.dumps(records)).encode(), mtime=0))
+    assert list(stream_files(["pretty.json", "one_line.json.gz"], base_dir=tmp_path)) == records * 2
+
+    # a non-object element costs itself; a file cut mid-element keeps what came before the cut
+    (tmp_path / "cut.json").write_text('[{"text": "a"}, 5, ["x"],\n {"text": "b"},\n {"text": "c')
+    skips: Counter = Counter()
+    assert [r["text"] for r in stream_files(str(tmp_path / "cut.json"), skips=skips)] == ["a", "b"]
+    assert skips == Counter(not_an_object=2, malformed_json=1)
+
+    # JSON lines in a .json file whose first record is an array: that record is the bad one
+    (tmp_path / "lines.json").write_text('["not", "a record"]\n{"text": "kept"}\n{"text": "kept too"}\n')
+    skips = Counter()
+    assert [r["text"] for r in stream_files(str(tmp_path / "lines.json"), skips=skips)] == ["kept", "kept too"]
+    assert skips == Counter(not_an_object=1)
+
+    # an array as a later line of JSON lines is one bad record, whatever follows it
+    (tmp_path / "later.json").write_text('{"text": "first"}\n["bad"]\n{"text": "last"}\n')
+    skips = Counter()
+    assert [r["text"] for r in stream_files(str(tmp_path / "later.json"), skips=skips)] == ["first", "last"]
+    assert skips == Counter(not_an_object=1)
+
+
 def test_missing_local_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no file matches"):
         list(stream_files(str(tmp_path / "nothing*.jsonl")))

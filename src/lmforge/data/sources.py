@@ -188,7 +188,8 @@ def stream_files(paths: str | list[str], *, skips: Counter | None = None,
                  base_dir: str | os.PathLike | None = None) -> Iterator[dict]:
     """Records of local files through `datasets` streaming, one file after another.
 
-    JSON lines -> their objects; .txt -> {"text": paragraph} (blank-line separated);
+    JSON lines (or a .json file's array) -> their objects; .txt -> {"text": paragraph}
+    (blank-line separated);
     parquet -> its rows.
     """
     skips = skips if skips is not None else Counter()
@@ -262,10 +263,65 @@ def parse_json_record(line: str, skips: Counter) -> dict | None:
 
 
 def _stream_json_lines(path: str, skips: Counter) -> Iterator[dict]:
-    for line in _decoded_lines(path, skips):
+    """Records of a JSON-lines file, or of a `.json` file holding one array of records
+    (`[{...}, {...}]`, the other layout `datasets`' json builder reads, common for
+    instruction sets saved with `json.dump`)."""
+    lines = _decoded_lines(path, skips)
+    may_be_array = path.endswith((".json", ".json.gz"))
+    for line in lines:
+        if may_be_array and line.strip():
+            may_be_array = False  # only a file's first non-blank line can open the array
+            if line.lstrip().startswith("["):
+                yield from _array_or_lines(line + "".join(lines), skips)
+                return
         record = parse_json_record(line, skips)
         if record is not None:
             yield record
+
+
+def _array_or_lines(text: str, skips: Counter) -> list[dict]:
+    """A `.json` file that starts with `[`: one array of records, or JSON lines whose first
+    record is an array (a bad record). A whole, closed array followed by nothing is the
+    first; otherwise the reading that recovers more records wins, so a truncated array
+    keeps every element before the cut and a JSON-lines file keeps its good lines."""
+    array_skips, line_skips = Counter(), Counter()
+    records, closed = _array_records(text, array_skips)
+    if not closed:
+        by_line = [r for line in text.splitlines() if (r := parse_json_record(line, line_skips)) is not None]
+        if len(by_line) >= len(records):
+            records, array_skips = by_line, line_skips
+    skips.update(array_skips)
+    return records
+
+
+def _array_records(text: str, skips: Counter) -> tuple[list[dict], bool]:
+    """The objects of a JSON array, decoded one element at a time (a non-object element
+    costs itself: not_an_object), and whether the array closed with nothing after it."""
+    decoder = json.JSONDecoder()
+    records: list[dict] = []
+    position = text.index("[") + 1
+    while True:
+        position = _skip_separators(text, position)
+        if position >= len(text):
+            skips["malformed_json"] += 1  # cut before its closing bracket
+            return records, False
+        if text[position] == "]":
+            return records, not text[position + 1:].strip()
+        try:
+            element, position = decoder.raw_decode(text, position)
+        except (ValueError, RecursionError):
+            skips["malformed_json"] += 1  # no way to find the next element's start after a broken one
+            return records, False
+        if isinstance(element, dict):
+            records.append(element)
+        else:
+            skips["not_an_object"] += 1
+
+
+def _skip_separators(text: str, position: int) -> int:
+    while position < len(text) and (text[position].isspace() or text[position] == ","):
+        position += 1
+    return position
 
 
 def _stream_text(path: str, skips: Counter) -> Iterator[dict]:
