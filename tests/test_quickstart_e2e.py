@@ -134,18 +134,37 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
+# The kill test trains the quickstart's own configs, shortened (a reference, a killed run and
+# its resume would cost three full pretraining stages at 600 steps).
+SHORT_PRETRAIN = {"max_steps": 80, "warmup_steps": 8, "save_every": 20, "eval_every": 40, "log_every": 10}
+
+
+def _short_pretrain_pipeline(where: Path) -> Path:
+    """config/quickstart copied under `where`, with pretrain.json's schedule shortened."""
+    folder = shutil.copytree(PIPELINE.parent, where / "quickstart_short")
+    config = json.loads((folder / "pretrain.json").read_text())
+    config["training"].update(SHORT_PRETRAIN)
+    (folder / "pretrain.json").write_text(json.dumps(config, indent=2))
+    return folder / PIPELINE.name
+
+
 def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path):
     run, _ = quickstart
-    other = tmp_path / "run"
-    shutil.copytree(run / "data", other / "data")           # same packed data and tokenizer
-    argv = [sys.executable, "-m", "lmforge.cli", "run", str(PIPELINE), "--run-dir", str(other),
-            "--only", "pretrain", "--no-report"]
+    pipeline = _short_pretrain_pipeline(tmp_path)
+    reference, other = tmp_path / "reference", tmp_path / "run"
+    for target in (reference, other):
+        shutil.copytree(run / "data", target / "data")      # same packed data and tokenizer
+    only_pretrain = ("--only", "pretrain", "--no-report")
+    uninterrupted = lmforge("run", str(pipeline), "--run-dir", str(reference), *only_pretrain)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    argv = [sys.executable, "-m", "lmforge.cli", "run", str(pipeline), "--run-dir", str(other), *only_pretrain]
     proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first_ckpt = other / "checkpoints/pretrain/quickstart/step_300"  # save_every in pretrain.json
+    first_ckpt = other / f"checkpoints/pretrain/quickstart/step_{SHORT_PRETRAIN['save_every']}"
     deadline = time.time() + 600
     while not first_ckpt.is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     # A power cut: the runner and its stage (in a process group of its own, its pid in the lock file).
     stage_pid = int((other / "checkpoints/pretrain/quickstart/.lmforge.lock").read_text().split()[0])
     os.killpg(proc.pid, signal.SIGKILL)
@@ -155,9 +174,10 @@ def test_killed_during_pretraining_resumes_to_the_same_loss(quickstart, tmp_path
         time.sleep(0.05)
     assert first_ckpt.is_dir() and not (other / "checkpoints/pretrain/quickstart/final").exists()
 
-    again = lmforge("run", str(PIPELINE), "--run-dir", str(other), "--only", "pretrain", "--no-report")
+    again = lmforge("run", str(pipeline), "--run-dir", str(other), *only_pretrain)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing" in again.stdout or "resumed from" in again.stdout
     done = json.loads((other / "checkpoints/pretrain/quickstart/final/manifest.json").read_text())
-    reference = json.loads((run / "checkpoints/pretrain/quickstart/final/manifest.json").read_text())
-    assert done["figures"]["final_loss"] == pytest.approx(reference["figures"]["final_loss"], abs=1e-5)
+    expected = json.loads((reference / "checkpoints/pretrain/quickstart/final/manifest.json").read_text())
+    assert done["figures"]["steps"] == expected["figures"]["steps"] == SHORT_PRETRAIN["max_steps"]
+    assert done["figures"]["final_loss"] == pytest.approx(expected["figures"]["final_loss"], abs=1e-5)

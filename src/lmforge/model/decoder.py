@@ -188,11 +188,11 @@ class Attention(nn.Module):
         hd, kv = self.head_dim, self.kv_heads * self.head_dim
         # One matmul for Q, K and V: the weights are concatenated here, not stored fused.
         qkv = F.linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
-        q, k, v = qkv.split((d, kv, kv), dim=-1)
-        q = q.view(b, t, self.heads, hd).transpose(1, 2)
-        k = k.view(b, t, self.kv_heads, hd).transpose(1, 2)
+        qk, v = qkv.split((d + kv, kv), dim=-1)
+        # Q's and K's heads rotated together: one set of RoPE operations instead of two.
+        qk = qk.view(b, t, self.heads + self.kv_heads, hd).transpose(1, 2)
+        q, k = apply_rope(qk, cos.to(qk.dtype), sin.to(qk.dtype)).split((self.heads, self.kv_heads), dim=1)
         v = v.view(b, t, self.kv_heads, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rope(k, cos.to(k.dtype), sin.to(k.dtype))
         if flash:
             from flash_attn import flash_attn_func
 
