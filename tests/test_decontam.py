@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,29 @@ def test_sft_data_drops_contaminated_conversations(tmp_path, tiny_tokenizer, eva
     d = fig["decontamination"]
     assert d["mode"] == "drop" and d["documents_dropped"] == 1
     assert d["eval_sets"]["boolq_validation"]["touched"] == ["idx 0"]
+
+
+def test_sft_data_is_redone_when_an_evaluation_set_appears_in_the_mirror(tmp_path, tiny_tokenizer, eval_mirror):
+    """Data screened while BoolQ was missing are out of date once BoolQ is in the mirror."""
+    rows = [{"instruction": f"Say something about item {i}.", "input": "", "output": f"Item {i} is fine."}
+            for i in range(20)]
+    rows.append({"instruction": "Summarise this passage.", "input": BOOLQ_PASSAGE, "output": "Sky colours."})
+    src = write_jsonl(tmp_path / "alpaca.jsonl.gz", rows)
+    mirror = tmp_path / "mirror"
+    shutil.copytree(eval_mirror / "EleutherAI", mirror / "EleutherAI")  # WikiText only, no BoolQ yet
+    out = tmp_path / "sft"
+    argv = ["sft-data", "--config", str(ROOT / "config/sft/datasets/alpaca_chatml.json"), "--tokenizer_dir",
+            str(tiny_tokenizer), "--output_dir", str(out), "--input-files", str(src), "--mirror", str(mirror),
+            "--log-level", "WARNING"]
+    assert cli_main(argv) == 0
+    first = load_manifest(out, "sft-data")["figures"]
+    assert "boolq_validation" in first["decontamination"]["missing"] and "contaminated" not in first["skipped"]
+
+    shutil.copytree(eval_mirror / "aps", mirror / "aps")
+    assert cli_main(argv) == 0  # not "up to date": rebuilt, now screened against BoolQ too
+    again = load_manifest(out, "sft-data")["figures"]
+    assert "boolq_validation" not in again["decontamination"]["missing"]
+    assert again["skipped"].get("contaminated") == 1
 
 
 @pytest.mark.realdata

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +104,26 @@ def test_mirror_refuses_ids_that_escape_it(tmp_path):
         mirror_files(tmp_path, "../etc", None, "train")
     with pytest.raises(DataError, match="invalid config"):
         mirror_files(tmp_path, "org/name", "../../x", "train")
+
+
+def test_mirror_assembled_from_linked_folders(tmp_path):
+    """Dataset, config and split folders may be symbolic links to data elsewhere; a split
+    folder's linked subfolders are searched too, and a link back up is read once, not forever."""
+    disk = tmp_path / "disk2"
+    for folder in ("c4_en", "split_data/shard", "dataset"):
+        (disk / folder).mkdir(parents=True)
+    _jsonl(disk / "c4_en" / "c4-train.00000.json.gz", [{"text": "c4"}], gz=True)
+    _jsonl(disk / "split_data" / "shard" / "part.jsonl", [{"text": "deep"}])
+    (disk / "split_data" / "shard" / "loop").symlink_to(disk / "split_data")   # a cycle
+    (disk / "dataset" / "train").symlink_to(disk / "split_data")               # a linked split folder
+
+    mirror = tmp_path / "mirror"
+    (mirror / "allenai" / "c4").mkdir(parents=True)
+    (mirror / "allenai" / "c4" / "en").symlink_to(disk / "c4_en")               # a linked config folder
+    (mirror / "org").mkdir()
+    (mirror / "org" / "name").symlink_to(disk / "dataset")                      # a linked dataset folder
+    assert [r["text"] for r in stream_files(mirror_files(mirror, "allenai/c4", "en", "train"))] == ["c4"]
+    assert [r["text"] for r in stream_files(mirror_files(mirror, "org/name", None, "train"))] == ["deep"]
 
 
 def test_builtin_source_hook():

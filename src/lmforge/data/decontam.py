@@ -39,9 +39,9 @@ import numpy as np
 
 from lmforge.artifacts import read_json
 from lmforge.config import spec
-from lmforge.data.sources import mirror_files, stream_files
+from lmforge.data.sources import data_fingerprint, mirror_files, stream_files
 from lmforge.errors import ConfigError, DataError
-from lmforge.evaluation.datasets import load_boolq, load_wikitext
+from lmforge.evaluation.datasets import BOOLQ_HUB, WIKITEXT_HUB, load_boolq, load_wikitext
 from lmforge.evaluation.zeroshot_tasks import TASKS, record_text
 from lmforge.log import get_logger
 
@@ -413,6 +413,34 @@ def identity(params: DecontaminationParams) -> dict | None:
         return None
     return {"mode": params.mode, "ngram": params.ngram, "eval_sets": list(params.eval_sets),
             "sft_eval_config": params.sft_eval_config, "hub_fallback": params.hub_fallback}
+
+
+def data_identity(params: DecontaminationParams, mirror: Path | None) -> dict | None:
+    """What the evaluation sets' data were (mirror files' sizes and times, or "unavailable"),
+    so that a stage screened without a set is redone once the set appears (None when off)."""
+    if params.mode == "off":
+        return None
+    found: dict = {}
+    for name in expand_sets(params.eval_sets):
+        try:
+            found[name] = _set_data(name, params, mirror)
+        except DataError:
+            found[name] = "unavailable"
+    return found
+
+
+def _set_data(name: str, params: DecontaminationParams, mirror: Path | None) -> dict | str:
+    if name == "sft_eval_prompts":
+        return data_fingerprint(files=str(_project_path(params.sft_eval_config)))
+    if name in ("wikitext2_test", "boolq_validation"):
+        hub = WIKITEXT_HUB if name == "wikitext2_test" else BOOLQ_HUB
+        if mirror is None:
+            return "hub" if params.hub_fallback else "unavailable"
+    elif name in TASKS and mirror is not None:
+        hub = (TASKS[name].hub_id, TASKS[name].config, TASKS[name].split)
+    else:
+        return "unavailable"
+    return data_fingerprint(hub=hub, mirror=mirror)
 
 
 def summary_line(block: dict) -> str:

@@ -76,10 +76,11 @@ def mirror_files(mirror: Path, hub_id: str, config: str | None, split: str) -> l
     if config and "-" in config:  # FineWeb's `sample-10BT` config is its repository's sample/10BT folder
         candidates.append((base / config.replace("-", "/"), False))
     candidates += [(base / split, True), (base, False), (base / "data", False)]
-    root = mirror.resolve()
     seen: list[str] = []
     for directory, is_split_dir in candidates:
-        if not directory.is_dir() or root not in directory.resolve().parents:
+        # The names were checked above, so every candidate lies under the mirror; its folders
+        # may be symbolic links (a mirror assembled from several disks or dataset copies).
+        if not directory.is_dir():
             continue
         files = _data_files(directory, recursive=is_split_dir)
         chosen = files if is_split_dir else _files_of_split(files, split)
@@ -103,9 +104,22 @@ _SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", 
 def _data_files(directory: Path, *, recursive: bool) -> list[Path]:
     """Data files in `directory`, sorted. Hidden files and folders are never data (lmforge's own
     .lmforge-sha256.json cache lives beside data files)."""
-    found = directory.rglob("*") if recursive else directory.iterdir()
+    found = _walk_files(directory) if recursive else directory.iterdir()
     return sorted(p for p in found if p.is_file() and p.name.endswith(DATA_SUFFIXES)
                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
+def _walk_files(directory: Path) -> Iterator[Path]:
+    """Every file below `directory`, through linked folders too (pathlib's rglob skips them),
+    each real folder visited once so that a link back up cannot loop."""
+    visited: set[str] = set()
+    for top, folders, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:
+            folders[:] = []
+            continue
+        visited.add(real)
+        yield from (Path(top) / name for name in files)
 
 
 def _split_named_by(path: Path, wanted: str) -> str | None:

@@ -24,6 +24,7 @@ from lmforge.artifacts import atomic_write_text, prepare_output_dir, sha256_file
 from lmforge.config import load_config, parse_set_overrides, spec, to_dict
 from lmforge.data.chatml import TRUNCATION_POLICIES, encode_conversation, format_chatml, validate_messages
 from lmforge.data.decontam import DecontaminationParams, Tally, build_index, screen, summary_line
+from lmforge.data.decontam import data_identity as decontam_data_identity
 from lmforge.data.decontam import figures as decontam_figures
 from lmforge.data.indexed import all_or_nothing
 from lmforge.data.sft_dataset import SPLITS, STAGE, SplitWriter, split_files
@@ -98,6 +99,8 @@ def main(args) -> int:
         files=cfg.source.files, mirror=args.mirror)}
     if cfg.decontamination.mode == "off":
         config_dict.pop("decontamination")  # as before the check existed: data built then stay up to date
+    else:  # an evaluation set added to the mirror later makes the screened data out of date
+        config_dict["_decontamination_data"] = decontam_data_identity(cfg.decontamination, resolve_mirror(args.mirror))
     plan = StagePlan(STAGE, out, config_dict, {"tokenizer": Path(args.tokenizer_dir)}, force=args.force)
     run_stage(plan, lambda p: build_sft_data(p, cfg, tokenizer, args))
     return 0
