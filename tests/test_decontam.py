@@ -178,11 +178,16 @@ def test_mode_and_sets_are_validated(tmp_path, planted, capsys):
         assert needle in err and "Traceback" not in err
 
 
-def test_sft_data_drops_contaminated_conversations(tmp_path, tiny_tokenizer, eval_mirror):
+def alpaca_with_a_boolq_passage(tmp_path: Path) -> Path:
+    """20 clean Alpaca rows and one whose input is BoolQ's passage."""
     rows = [{"instruction": f"Say something about item {i}.", "input": "", "output": f"Item {i} is fine."}
             for i in range(20)]
     rows.append({"instruction": "Summarise this passage.", "input": BOOLQ_PASSAGE, "output": "Sky colours."})
-    src = write_jsonl(tmp_path / "alpaca.jsonl.gz", rows)
+    return write_jsonl(tmp_path / "alpaca.jsonl.gz", rows)
+
+
+def test_sft_data_drops_contaminated_conversations(tmp_path, tiny_tokenizer, eval_mirror):
+    src = alpaca_with_a_boolq_passage(tmp_path)
     out = tmp_path / "sft"
     assert cli_main(["sft-data", "--config", str(ROOT / "config/sft/datasets/alpaca_chatml.json"),
                      "--tokenizer_dir", str(tiny_tokenizer), "--output_dir", str(out), "--input-files", str(src),
@@ -197,10 +202,7 @@ def test_sft_data_drops_contaminated_conversations(tmp_path, tiny_tokenizer, eva
 
 def test_sft_data_is_redone_when_an_evaluation_set_appears_in_the_mirror(tmp_path, tiny_tokenizer, eval_mirror):
     """Data screened while BoolQ was missing are out of date once BoolQ is in the mirror."""
-    rows = [{"instruction": f"Say something about item {i}.", "input": "", "output": f"Item {i} is fine."}
-            for i in range(20)]
-    rows.append({"instruction": "Summarise this passage.", "input": BOOLQ_PASSAGE, "output": "Sky colours."})
-    src = write_jsonl(tmp_path / "alpaca.jsonl.gz", rows)
+    src = alpaca_with_a_boolq_passage(tmp_path)
     mirror = tmp_path / "mirror"
     shutil.copytree(eval_mirror / "EleutherAI", mirror / "EleutherAI")  # WikiText only, no BoolQ yet
     out = tmp_path / "sft"
