@@ -220,6 +220,20 @@ def test_sft_data_is_redone_when_an_evaluation_set_appears_in_the_mirror(tmp_pat
     assert again["skipped"].get("contaminated") == 1
 
 
+def test_data_identity_follows_the_sft_prompts_file_from_any_directory(tmp_path, monkeypatch):
+    from lmforge.data.decontam import DecontaminationParams, data_identity
+
+    monkeypatch.chdir(tmp_path)  # the shipped default is found outside the checkout's root
+    shipped = data_identity(DecontaminationParams(mode="drop", eval_sets=["sft_eval_prompts"]), None)
+    assert set(shipped["sft_eval_prompts"]) == {"sha256"}
+    own = tmp_path / "eval[v2].json"  # glob characters in the name
+    own.write_text(json.dumps({"smoke": {"cases": [{"name": "a", "prompt": "Say hi."}]}}))
+    params = DecontaminationParams(mode="drop", eval_sets=["sft_eval_prompts"], sft_eval_config=str(own))
+    before = data_identity(params, None)
+    own.write_text(json.dumps({"smoke": {"cases": [{"name": "a", "prompt": "Say hello."}]}}))
+    assert data_identity(params, None) != before != shipped
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_mirror_wikipedia_sample(tmp_path, mirror):

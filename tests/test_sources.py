@@ -60,6 +60,20 @@ def test_json_file_holding_one_array_of_records(tmp_path):
     assert [r["text"] for r in stream_files(str(tmp_path / "lines.json"), skips=skips)] == ["kept", "kept too"]
     assert skips == Counter(not_an_object=1)
 
+    # a byte that is not UTF-8 costs its own element only; lines after the closing bracket are
+    # JSON lines (a one-line array followed by more lines is JSON lines itself, as in a .jsonl)
+    pretty = json.dumps([{"text": "before"}, {"text": "caf\u00e9"}, {"text": "after \u2028 sep"}], indent=1)
+    bad_byte = pretty.encode().replace("caf\\u00e9".encode(), b"caf\xe9") + b'\n{"text": "trailing"}\n'
+    (tmp_path / "bad_byte.json").write_bytes(bad_byte)
+    skips = Counter()
+    assert [r["text"] for r in stream_files(str(tmp_path / "bad_byte.json"), skips=skips)] == \
+        ["before", "after \u2028 sep", "trailing"]
+    assert skips == Counter(invalid_utf8=1)
+    (tmp_path / "array_then_lines.json").write_text('[{"text": "a"}, {"text": "b"}]\n{"text": "c"}\n')
+    skips = Counter()
+    assert [r["text"] for r in stream_files(str(tmp_path / "array_then_lines.json"), skips=skips)] == ["c"]
+    assert skips == Counter(not_an_object=1)
+
     # an array as a later line of JSON lines is one bad record, whatever follows it
     (tmp_path / "later.json").write_text('{"text": "first"}\n["bad"]\n{"text": "last"}\n')
     skips = Counter()
@@ -123,6 +137,12 @@ def test_mirror_assembled_from_linked_folders(tmp_path):
     (mirror / "org").mkdir()
     (mirror / "org" / "name").symlink_to(disk / "dataset")                      # a linked dataset folder
     assert [r["text"] for r in stream_files(mirror_files(mirror, "allenai/c4", "en", "train"))] == ["c4"]
+    assert [r["text"] for r in stream_files(mirror_files(mirror, "org/name", None, "train"))] == ["deep"]
+
+    # a link up to the dataset folder does not pull the validation split into train
+    (disk / "dataset" / "validation").mkdir()
+    _jsonl(disk / "dataset" / "validation" / "v.jsonl", [{"text": "val"}])
+    (disk / "split_data" / "up").symlink_to(disk / "dataset")
     assert [r["text"] for r in stream_files(mirror_files(mirror, "org/name", None, "train"))] == ["deep"]
 
 

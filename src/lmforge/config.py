@@ -39,6 +39,19 @@ def spec(default: Any = dataclasses.MISSING, *, min: float | None = None, max: f
     return dataclasses.field(default=default, metadata=meta)
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # src/lmforge/config.py -> the repository root
+
+
+def project_file(path: str | Path) -> Path:
+    """A config path as given when it exists or is absolute; else the same relative path in
+    the checkout, when it is there (so shipped defaults work from any directory)."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    shipped = CHECKOUT / given
+    return shipped if shipped.exists() else given
+
+
 def load_config(path: str | Path, schema: type[T], overrides: dict[str, Any] | None = None) -> T:
     """Read, override and validate a JSON config; raise ConfigError listing every problem."""
     p = Path(path)

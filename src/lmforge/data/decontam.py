@@ -37,8 +37,8 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
-from lmforge.artifacts import read_json
-from lmforge.config import spec
+from lmforge.artifacts import read_json, sha256_file
+from lmforge.config import project_file, spec
 from lmforge.data.sources import data_fingerprint, mirror_files, stream_files
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluation.datasets import BOOLQ_HUB, WIKITEXT_HUB, load_boolq, load_wikitext
@@ -173,15 +173,6 @@ class EvalSet:
     ngrams: int = 0
 
 
-def _project_path(path: str) -> Path:
-    """A config path as given, else relative to the checkout (so defaults work from any directory)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    project = Path(__file__).resolve().parents[2] / path
-    return project if project.exists() else given
-
-
 def _wikitext_items(mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
 
     data = load_wikitext(mirror=mirror)
@@ -196,7 +187,7 @@ def _boolq_items(mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
 
 def _sft_prompt_items(config_path: str) -> tuple[str, Iterator[tuple[str, str]]]:
 
-    path = _project_path(config_path)
+    path = project_file(config_path)
     if not path.is_file():
         raise DataError(f"SFT evaluation config {path} not found")
     raw = read_json(path, "SFT evaluation config")
@@ -431,7 +422,8 @@ def data_identity(params: DecontaminationParams, mirror: Path | None) -> dict | 
 
 def _set_data(name: str, params: DecontaminationParams, mirror: Path | None) -> dict | str:
     if name == "sft_eval_prompts":
-        return data_fingerprint(files=str(_project_path(params.sft_eval_config)))
+        path = project_file(params.sft_eval_config)
+        return {"sha256": sha256_file(path)} if path.is_file() else "unavailable"
     if name in ("wikitext2_test", "boolq_validation"):
         hub = WIKITEXT_HUB if name == "wikitext2_test" else BOOLQ_HUB
         if mirror is None:

@@ -111,14 +111,21 @@ def _data_files(directory: Path, *, recursive: bool) -> list[Path]:
 
 def _walk_files(directory: Path) -> Iterator[Path]:
     """Every file below `directory`, through linked folders too (pathlib's rglob skips them),
-    each real folder visited once so that a link back up cannot loop."""
-    visited: set[str] = set()
+    in name order, hidden folders left out. Each real folder is read once, and a link to
+    `directory` itself or to a folder above it is not followed (it would loop, or pull in
+    the other splits beside this one)."""
+    root = os.path.realpath(directory)
+    above = {os.path.realpath(parent) for parent in directory.parents}  # as the mirror names them, links resolved
+    visited = {root}
     for top, folders, files in os.walk(directory, followlinks=True):
-        real = os.path.realpath(top)
-        if real in visited:
-            folders[:] = []
-            continue
-        visited.add(real)
+        keep = []
+        for name in sorted(folders):
+            real = os.path.realpath(os.path.join(top, name))
+            if name.startswith(".") or real in visited or real in above or root.startswith(real + os.sep):
+                continue
+            visited.add(real)
+            keep.append(name)
+        folders[:] = keep
         yield from (Path(top) / name for name in files)
 
 
@@ -280,56 +287,79 @@ def _stream_json_lines(path: str, skips: Counter) -> Iterator[dict]:
     """Records of a JSON-lines file, or of a `.json` file holding one array of records
     (`[{...}, {...}]`, the other layout `datasets`' json builder reads, common for
     instruction sets saved with `json.dump`)."""
-    lines = _decoded_lines(path, skips)
-    may_be_array = path.endswith((".json", ".json.gz"))
-    for line in lines:
-        if may_be_array and line.strip():
-            may_be_array = False  # only a file's first non-blank line can open the array
-            if line.lstrip().startswith("["):
-                yield from _array_or_lines(line + "".join(lines), skips)
-                return
+    if path.endswith(ARRAY_SUFFIXES) and _holds_one_array(path):
+        yield from _array_file_records(path, skips)
+        return
+    for line in _decoded_lines(path, skips):
         record = parse_json_record(line, skips)
         if record is not None:
             yield record
 
 
-def _array_or_lines(text: str, skips: Counter) -> list[dict]:
-    """A `.json` file that starts with `[`: one array of records, or JSON lines whose first
-    record is an array (a bad record). A whole, closed array followed by nothing is the
-    first; otherwise the reading that recovers more records wins, so a truncated array
-    keeps every element before the cut and a JSON-lines file keeps its good lines."""
-    array_skips, line_skips = Counter(), Counter()
-    records, closed = _array_records(text, array_skips)
-    if not closed:
-        by_line = [r for line in text.splitlines() if (r := parse_json_record(line, line_skips)) is not None]
-        if len(by_line) >= len(records):
-            records, array_skips = by_line, line_skips
-    skips.update(array_skips)
-    return records
+ARRAY_SUFFIXES = (".json", ".json.gz")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
 
 
-def _array_records(text: str, skips: Counter) -> tuple[list[dict], bool]:
-    """The objects of a JSON array, decoded one element at a time (a non-object element
-    costs itself: not_an_object), and whether the array closed with nothing after it."""
+def _holds_one_array(path: str) -> bool:
+    """Whether a `.json` file is one JSON array rather than JSON lines, from its first lines:
+    its first non-blank line opens an array that either continues on the next lines or is
+    the file's only content. (JSON lines whose first record happens to be an array stay
+    JSON lines, read as a stream.)"""
+    try:
+        content = (raw.strip() for raw in _raw_lines(path))
+        first = next((line for line in content if line), b"")
+        if first.startswith(codecs.BOM_UTF8):
+            first = first[len(codecs.BOM_UTF8):]
+        if not first.startswith(b"["):
+            return False
+        try:
+            json.loads(first.decode("utf-8", errors="surrogateescape"))
+        except (ValueError, RecursionError):
+            return True  # the array goes on past its first line
+        return next((line for line in content if line), None) is None
+    except (OSError, EOFError, zlib.error):
+        return False  # unreadable: the JSON-lines reader reports it
+
+
+def _array_file_records(path: str, skips: Counter) -> Iterator[dict]:
+    """The objects of a file holding one JSON array, read whole and decoded one element at
+    a time. A non-object element is skipped (not_an_object), an element holding bytes that
+    are not UTF-8 too (invalid_utf8); text after the closing bracket is read as JSON lines.
+    Broken JSON ends the reading (malformed_json, with a warning saying how much was left)."""
+    try:
+        raw = b"".join(_raw_lines(path))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
+    del raw
     decoder = json.JSONDecoder()
-    records: list[dict] = []
     position = text.index("[") + 1
     while True:
         position = _skip_separators(text, position)
-        if position >= len(text):
-            skips["malformed_json"] += 1  # cut before its closing bracket
-            return records, False
-        if text[position] == "]":
-            return records, not text[position + 1:].strip()
+        if position >= len(text) or text[position] == "]":
+            break
+        start = position
         try:
             element, position = decoder.raw_decode(text, position)
         except (ValueError, RecursionError):
             skips["malformed_json"] += 1  # no way to find the next element's start after a broken one
-            return records, False
-        if isinstance(element, dict):
-            records.append(element)
+            log.warning("%s: the JSON array breaks at character %s; the %s characters after it were not read",
+                        path, f"{start:,}", f"{len(text) - start:,}")
+            return
+        if _UNDECODABLE.search(text, start, position):
+            skips["invalid_utf8"] += 1
+        elif isinstance(element, dict):
+            yield element
         else:
             skips["not_an_object"] += 1
+    if position >= len(text):
+        skips["malformed_json"] += 1  # cut before its closing bracket
+        return
+    for line in text[position + 1:].split("\n"):  # JSON lines after the array
+        if _UNDECODABLE.search(line):
+            skips["invalid_utf8"] += 1
+        elif (record := parse_json_record(line, skips)) is not None:
+            yield record
 
 
 def _skip_separators(text: str, position: int) -> int:

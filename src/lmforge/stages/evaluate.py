@@ -29,7 +29,7 @@ import argparse
 from pathlib import Path
 
 from lmforge.artifacts import prepare_output_dir
-from lmforge.config import load_config, parse_set_overrides, to_dict
+from lmforge.config import load_config, parse_set_overrides, project_file, to_dict
 from lmforge.data.sources import data_fingerprint, resolve_mirror
 from lmforge.evaluation.config import EvalConfig
 from lmforge.evaluation.pretrain_suite import STAGE, EvalRun, closing_summary
@@ -72,11 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config_path(path: str) -> Path:
     """The config path as given; the default also resolves against the project root
     so `lmforge eval` works from any directory of a checkout."""
-    given = Path(path)
-    if given.is_file() or given.is_absolute() or path != DEFAULT_CONFIG:
-        return given
-    project = Path(__file__).resolve().parents[3] / path
-    return project if project.is_file() else given
+    return project_file(path) if path == DEFAULT_CONFIG else Path(path)
 
 
 def build_config(args: argparse.Namespace) -> EvalConfig:
