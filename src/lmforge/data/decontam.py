@@ -200,7 +200,7 @@ def _sft_prompt_items(config_path: str) -> tuple[str, Iterator[tuple[str, str]]]
 def _task_items(task_name: str, mirror: Path | None) -> tuple[str, Iterator[tuple[str, str]]]:
 
     task = TASKS[task_name]
-    files = mirror_files(mirror, task.hub_id, task.config, task.split)
+    files = mirror_files(mirror, *task.hub)
     records = stream_files(files, skips=Counter())
     where = f"{task.hub_id} ({task.config or 'no config'}, {task.split})"
     return where, ((f"row {n}", record_text(r, task.text_fields)) for n, r in enumerate(records))
@@ -420,19 +420,17 @@ def data_identity(params: DecontaminationParams, mirror: Path | None) -> dict | 
     return found
 
 
+BASE_SET_HUBS = {"wikitext2_test": WIKITEXT_HUB, "boolq_validation": BOOLQ_HUB}
+
+
 def _set_data(name: str, params: DecontaminationParams, mirror: Path | None) -> dict | str:
     if name == "sft_eval_prompts":
         path = project_file(params.sft_eval_config)
         return {"sha256": sha256_file(path)} if path.is_file() else "unavailable"
-    if name in ("wikitext2_test", "boolq_validation"):
-        hub = WIKITEXT_HUB if name == "wikitext2_test" else BOOLQ_HUB
-        if mirror is None:
-            return "hub" if params.hub_fallback else "unavailable"
-    elif name in TASKS and mirror is not None:
-        hub = (TASKS[name].hub_id, TASKS[name].config, TASKS[name].split)
-    else:
-        return "unavailable"
-    return data_fingerprint(hub=hub, mirror=mirror)
+    hub = BASE_SET_HUBS.get(name) or (TASKS[name].hub if name in TASKS else None)
+    if mirror is None:
+        return "hub" if params.hub_fallback and name in BASE_SET_HUBS else "unavailable"
+    return data_fingerprint(hub=hub, mirror=mirror) if hub else "unavailable"
 
 
 def summary_line(block: dict) -> str:

@@ -38,6 +38,9 @@ MIRROR_ENV = "LMFORGE_MIRROR"
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet",)
+ARRAY_SUFFIXES = (".json", ".json.gz")  # may hold one JSON array instead of JSON lines
+_UNREADABLE = (OSError, EOFError, zlib.error)  # a truncated gzip, an unreadable file
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
 DATA_SUFFIXES = JSON_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -233,9 +236,18 @@ def _load_streaming(builder: str, path: str, **kwargs):
 
 
 def _raw_lines(path: str) -> Iterator[bytes]:
+    """Lines of a (gzipped) file as bytes. A UTF-8 byte-order mark at its start (files saved
+    by Windows tools) is dropped: it is not part of the first record."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as handle:
-        yield from handle
+        first = next(handle, None)
+        if first is not None:
+            yield first.removeprefix(codecs.BOM_UTF8)
+            yield from handle
+
+
+def _cannot_read(path: str, exc: BaseException) -> DataError:
+    return DataError(f"cannot read {path}: {type(exc).__name__}: {exc}")
 
 
 def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
@@ -248,9 +260,7 @@ def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
     import datasets
 
     def generate(path: str):
-        for number, raw in enumerate(_raw_lines(path)):
-            if number == 0 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]  # files saved by Windows tools: not part of the first record
+        for raw in _raw_lines(path):
             try:
                 yield {"line": raw.decode("utf-8")}
             except UnicodeDecodeError:
@@ -263,8 +273,8 @@ def _decoded_lines(path: str, skips: Counter) -> Iterator[str]:
                 skips["invalid_utf8"] += 1
             else:
                 yield row["line"]
-    except (OSError, EOFError, zlib.error) as exc:  # truncated gzip, unreadable file
-        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    except _UNREADABLE as exc:
+        raise _cannot_read(path, exc) from None
 
 
 def parse_json_record(line: str, skips: Counter) -> dict | None:
@@ -296,10 +306,6 @@ def _stream_json_lines(path: str, skips: Counter) -> Iterator[dict]:
             yield record
 
 
-ARRAY_SUFFIXES = (".json", ".json.gz")
-_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by surrogateescape
-
-
 def _holds_one_array(path: str) -> bool:
     """Whether a `.json` file is one JSON array rather than JSON lines, from its first lines:
     its first non-blank line opens an array that either continues on the next lines or is
@@ -308,8 +314,6 @@ def _holds_one_array(path: str) -> bool:
     try:
         content = (raw.strip() for raw in _raw_lines(path))
         first = next((line for line in content if line), b"")
-        if first.startswith(codecs.BOM_UTF8):
-            first = first[len(codecs.BOM_UTF8):]
         if not first.startswith(b"["):
             return False
         try:
@@ -317,8 +321,8 @@ def _holds_one_array(path: str) -> bool:
         except (ValueError, RecursionError):
             return True  # the array goes on past its first line
         return next((line for line in content if line), None) is None
-    except (OSError, EOFError, zlib.error):
-        return False  # unreadable: the JSON-lines reader reports it
+    except _UNREADABLE:
+        return False  # the JSON-lines reader reports it
 
 
 def _array_file_records(path: str, skips: Counter) -> Iterator[dict]:
@@ -328,9 +332,9 @@ def _array_file_records(path: str, skips: Counter) -> Iterator[dict]:
     Broken JSON ends the reading (malformed_json, with a warning saying how much was left)."""
     try:
         raw = b"".join(_raw_lines(path))
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
+    except _UNREADABLE as exc:
+        raise _cannot_read(path, exc) from None
+    text = raw.decode("utf-8", errors="surrogateescape")
     del raw
     decoder = json.JSONDecoder()
     position = text.index("[") + 1

@@ -75,7 +75,7 @@ def task_data(task: ZeroShotTask, mirror: Path | None) -> dict:
     if mirror is None:
         return {"task": task.name}
     try:
-        files = mirror_files(mirror, task.hub_id, task.config, task.split)
+        files = mirror_files(mirror, *task.hub)
     except DataError as exc:
         base = mirror / task.hub_id
         searched = ([base / task.config / task.split, base / task.config] if task.config else []) + \
@@ -95,7 +95,7 @@ def task_data(task: ZeroShotTask, mirror: Path | None) -> dict:
 def data_identity(tasks: list[str], mirror: Path | None) -> dict:
     """What the tasks' data were (mirror files' sizes and times), for the up-to-date check."""
 
-    return {name: data_fingerprint(hub=(TASKS[name].hub_id, TASKS[name].config, TASKS[name].split), mirror=mirror)
+    return {name: data_fingerprint(hub=TASKS[name].hub, mirror=mirror)
             for name in tasks}
 
 

@@ -29,6 +29,11 @@ class ZeroShotTask:
     task_dir: str          # its folder under lm_eval/tasks (indexed alone: the full index is slow)
     text_fields: tuple[str, ...]  # fields whose text is checked for contamination ("a.b" = nested)
 
+    @property
+    def hub(self) -> tuple[str, str | None, str]:
+        """(dataset, config, split), as `mirror_files` and `data_fingerprint` take them."""
+        return self.hub_id, self.config, self.split
+
 
 TASKS: dict[str, ZeroShotTask] = {t.name: t for t in (
     ZeroShotTask("lambada_openai", "EleutherAI/lambada_openai", "default", "test", "test_split", "lambada",
